@@ -1,0 +1,1 @@
+from . import birq_criterion  # noqa: F401

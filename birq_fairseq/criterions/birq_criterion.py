@@ -1,0 +1,171 @@
+"""BiRQ loss: two masked cross-entropies combined by the penalty method.
+
+    loss = L_upper + gamma * (L_lower - v^)
+
+with (by default) L_upper = L_e (enhanced labels) and L_lower = L_a (anchor labels),
+v^ the running minimum of an EMA of L_lower (a constant for the gradient), so the
+first-order update is grad L_e + gamma * grad L_a. With the model's enhanced stream off
+the loss is exactly L_a: BEST-RQ.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from fairseq import metrics
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+STREAM_CHOICES = ChoiceEnum(["enhanced", "anchor"])
+
+
+@dataclass
+class BirqCriterionConfig(FairseqDataclass):
+    upper_stream: STREAM_CHOICES = field(
+        default="enhanced", metadata={"help": "stream of the upper-level objective; the other is the lower level"}
+    )
+    gamma: float = field(default=1.0, metadata={"help": "penalty weight gamma at update 0"})
+    gamma_final: Optional[float] = field(
+        default=None, metadata={"help": "gamma reached after gamma_ramp_updates (None = constant gamma)"}
+    )
+    gamma_ramp_updates: int = field(default=0, metadata={"help": "updates of the linear gamma ramp"})
+    baseline_ema_decay: float = field(
+        default=0.99, metadata={"help": "EMA decay of the lower-level loss whose running minimum is v^"}
+    )
+
+
+def validate_criterion_config(cfg: BirqCriterionConfig) -> None:
+    problems = []
+    if cfg.gamma < 0:
+        problems.append(f"criterion.gamma={cfg.gamma} must be >= 0")
+    if cfg.gamma_final is not None and cfg.gamma_final < 0:
+        problems.append(f"criterion.gamma_final={cfg.gamma_final} must be >= 0")
+    if cfg.gamma_ramp_updates < 0:
+        problems.append(f"criterion.gamma_ramp_updates={cfg.gamma_ramp_updates} must be >= 0")
+    if not 0 <= cfg.baseline_ema_decay < 1:
+        problems.append(f"criterion.baseline_ema_decay={cfg.baseline_ema_decay} must be in [0, 1)")
+    if problems:
+        raise ValueError("invalid BiRQ criterion config:\n  " + "\n  ".join(problems))
+
+
+def code_perplexity(labels: torch.Tensor, codebook_size: int) -> float:
+    """exp(entropy) of the label histogram, averaged over codebooks. labels: (M, N)."""
+    if labels.numel() == 0:
+        return 0.0
+    counts = F.one_hot(labels, codebook_size).sum(0).float()  # (N, V)
+    probs = counts / counts.sum(-1, keepdim=True)
+    entropy = -(probs * torch.log(probs.clamp(min=1e-12))).sum(-1)
+    return float(torch.exp(entropy).mean())
+
+
+@register_criterion("birq", dataclass=BirqCriterionConfig)
+class BirqCriterion(FairseqCriterion):
+    def __init__(self, cfg: BirqCriterionConfig, task):
+        super().__init__(task)
+        validate_criterion_config(cfg)
+        self.cfg = cfg
+        self.sample_rate = getattr(task.cfg, "sample_rate", 16000)
+
+    def gamma_at(self, num_updates: int) -> float:
+        if self.cfg.gamma_final is None or self.cfg.gamma_ramp_updates <= 0:
+            return self.cfg.gamma if self.cfg.gamma_final is None else self.cfg.gamma_final
+        progress = min(1.0, num_updates / self.cfg.gamma_ramp_updates)
+        return self.cfg.gamma + (self.cfg.gamma_final - self.cfg.gamma) * progress
+
+    def _lower_loss_baseline(self, model, lower_sum: torch.Tensor, frames: int) -> float:
+        """Update v^ with this batch's mean lower loss (averaged over ranks) and return it."""
+        stats = torch.tensor([float(lower_sum.detach()), float(frames)], dtype=torch.float64,
+                             device=lower_sum.device)
+        if model.training and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(stats)  # identical v^ on every rank
+        mean = float(stats[0] / stats[1].clamp(min=1))
+        if model.training:
+            return model.penalty_baseline.update(mean, self.cfg.baseline_ema_decay)
+        minimum = float(model.penalty_baseline.minimum)
+        return minimum if math.isfinite(minimum) else mean
+
+    def forward(self, model, sample, reduce=True):
+        net_output = model(**sample["net_input"])
+        anchor_logits = net_output["anchor_logits"].float()
+        anchor_labels = net_output["anchor_labels"]
+        frames = anchor_logits.size(0)
+
+        anchor_ce = F.cross_entropy(
+            anchor_logits.flatten(0, 1), anchor_labels.flatten(), reduction="none"
+        ).view(frames, -1)
+        anchor_sum = anchor_ce.mean(-1).sum()
+        logging_output = {
+            "sample_size": frames,
+            "nsentences": sample["id"].numel(),
+            "anchor_loss": float(anchor_sum.detach()),
+            "anchor_correct": int((anchor_logits.argmax(-1) == anchor_labels).sum()),
+            "anchor_count": anchor_labels.numel(),
+            "anchor_code_ppl": code_perplexity(anchor_labels, anchor_logits.size(-1)),
+            "audio_seconds": self._audio_seconds(sample),
+        }
+
+        if "enhanced_logits" not in net_output:
+            loss = anchor_sum
+        else:
+            enhanced_logits = net_output["enhanced_logits"].float()
+            targets = net_output["enhanced_targets"]
+            # -sum_v z_v log p_v: differentiable in z, so the label generator gets gradient.
+            enhanced_sum = -(targets * F.log_softmax(enhanced_logits, dim=-1)).sum(-1).mean(-1).sum()
+            target_labels = targets.detach().argmax(-1)
+            upper, lower = (
+                (enhanced_sum, anchor_sum) if self.cfg.upper_stream == "enhanced" else (anchor_sum, enhanced_sum)
+            )
+            gamma = self.gamma_at(model.num_updates)
+            baseline = self._lower_loss_baseline(model, lower, frames)
+            loss = upper + gamma * (lower - baseline * frames)
+            logging_output.update(
+                enhanced_loss=float(enhanced_sum.detach()),
+                enhanced_correct=int((enhanced_logits.argmax(-1) == target_labels).sum()),
+                enhanced_count=target_labels.numel(),
+                enhanced_code_ppl=code_perplexity(target_labels, enhanced_logits.size(-1)),
+                penalty_gap=float(lower.detach()) - baseline * frames,
+                gamma=gamma,
+                gumbel_temp=model.gumbel_temperature,
+            )
+        logging_output["loss"] = float(loss.detach())
+        return loss, frames, logging_output
+
+    def _audio_seconds(self, sample) -> float:
+        source = sample["net_input"]["source"]
+        padding = sample["net_input"].get("padding_mask")
+        samples = source.numel() - (int(padding.sum()) if padding is not None else 0)
+        return samples / self.sample_rate
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        def total(key):
+            return sum(log.get(key, 0) for log in logging_outputs)
+
+        sample_size = max(total("sample_size"), 1)
+        # Losses in bits per masked frame, as fairseq's other criterions.
+        metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
+        for stream in ("anchor", "enhanced"):
+            if not any(f"{stream}_loss" in log for log in logging_outputs):
+                continue
+            metrics.log_scalar(f"{stream}_loss", total(f"{stream}_loss") / sample_size / math.log(2),
+                               sample_size, round=3)
+            count = max(total(f"{stream}_count"), 1)
+            metrics.log_scalar(f"{stream}_acc", total(f"{stream}_correct") / count, count, round=4)
+            ppls = [log[f"{stream}_code_ppl"] for log in logging_outputs if f"{stream}_code_ppl" in log]
+            metrics.log_scalar(f"{stream}_code_ppl", sum(ppls) / len(ppls), len(ppls), round=1)
+        if any("penalty_gap" in log for log in logging_outputs):
+            metrics.log_scalar("penalty_gap", total("penalty_gap") / sample_size / math.log(2),
+                               sample_size, round=4)
+            for key in ("gamma", "gumbel_temp"):
+                values = [log[key] for log in logging_outputs if key in log]
+                metrics.log_scalar(key, sum(values) / len(values), 0, round=4)
+        metrics.log_speed("audio_sec_per_sec", total("audio_seconds"), round=1)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        # Perplexities, gamma and temperature are averaged over outputs, not summed.
+        return False

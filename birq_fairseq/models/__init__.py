@@ -1,0 +1,1 @@
+from . import birq  # noqa: F401

@@ -1,0 +1,392 @@
+"""BiRQ: bi-level self-labeling random quantization (BEST-RQ when the enhanced stream is off).
+
+Data path: waveform -> batched log-mel + normalisation -> {anchor labels from stacked
+frames; span mask with noise} -> conv subsampling -> encoder (layers 1..k also run once on
+the unmasked input -> enhanced labels) -> per-stream heads. The criterion (`birq`) turns
+what ``forward`` returns into the two masked cross-entropies and the penalty.
+"""
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from omegaconf import II
+
+from fairseq.data.data_utils import compute_mask_indices
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import BaseFairseqModel, register_model
+from fairseq.models.wav2vec.wav2vec2 import (
+    LAYER_TYPE_CHOICES,
+    MASKING_DISTRIBUTION_CHOICES,
+    ConformerEncoder,
+    TransformerEncoder,
+)
+from fairseq.modules import GradMultiply, LayerNorm
+
+from ..modules.frontend import FRAMES_PER_STEP, ConvSubsampling, LogMelFrontend
+from ..modules.quantizer import RandomProjectionQuantizer
+
+logger = logging.getLogger(__name__)
+
+FEATURE_NORMALIZATION_CHOICES = ChoiceEnum(["utterance", "global"])
+
+
+@dataclass
+class BirqConfig(FairseqDataclass):
+    # Front-end. Encoder frames are 40 ms (4 filterbank frames of 10 ms).
+    n_mels: int = field(default=80, metadata={"help": "log-mel filterbank channels"})
+    win_length_ms: float = field(default=25.0, metadata={"help": "filterbank window (ms)"})
+    hop_length_ms: float = field(default=10.0, metadata={"help": "filterbank hop (ms)"})
+    feature_normalization: FEATURE_NORMALIZATION_CHOICES = field(
+        default="utterance",
+        metadata={"help": "per-utterance mean/variance, or global running statistics frozen "
+                  "after global_stats_batches training batches"},
+    )
+    global_stats_batches: int = field(default=1000, metadata={"help": "batches that update global stats"})
+    conv_channels: int = field(default=64, metadata={"help": "channels of the 4x conv subsampling"})
+    feature_grad_mult: float = field(
+        default=1.0, metadata={"help": "gradient multiplier for the conv subsampling (0 = frozen)"}
+    )
+    dropout_input: float = field(default=0.0, metadata={"help": "dropout on the encoder input"})
+
+    # Encoder: wav2vec 2.0's field names, so finetuning overrides reach it.
+    layer_type: LAYER_TYPE_CHOICES = field(default="transformer", metadata={"help": "transformer or conformer"})
+    encoder_layers: int = field(default=12, metadata={"help": "number of encoder layers (L)"})
+    encoder_embed_dim: int = field(default=768, metadata={"help": "encoder embedding dimension"})
+    encoder_ffn_embed_dim: int = field(default=3072, metadata={"help": "encoder FFN dimension"})
+    encoder_attention_heads: int = field(default=12, metadata={"help": "attention heads"})
+    activation_fn: str = field(default="gelu", metadata={"help": "FFN activation"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout in the encoder"})
+    attention_dropout: float = field(default=0.1, metadata={"help": "attention dropout"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
+    encoder_layerdrop: float = field(default=0.0, metadata={"help": "probability of dropping a layer"})
+    layer_norm_first: bool = field(default=False, metadata={"help": "pre-LN transformer layers"})
+    conv_pos: int = field(default=128, metadata={"help": "convolutional positional embedding kernel"})
+    conv_pos_groups: int = field(default=16, metadata={"help": "groups of the positional convolution"})
+    pos_conv_depth: int = field(default=1, metadata={"help": "depth of the positional convolution"})
+    required_seq_len_multiple: int = field(default=1, metadata={"help": "pad encoder input to a multiple"})
+    depthwise_conv_kernel_size: int = field(default=31, metadata={"help": "conformer depthwise kernel"})
+    attn_type: str = field(default="", metadata={"help": "'espnet' for conformer attention, else fairseq"})
+    pos_enc_type: str = field(default="abs", metadata={"help": "conformer: abs, rel_pos or rope"})
+    max_positions: int = field(default=100000, metadata={"help": "max encoder frames (rel_pos)"})
+    checkpoint_activations: bool = field(default=False, metadata={"help": "recompute activations"})
+    fp16: bool = II("common.fp16")
+
+    # Time masking (fairseq compute_mask_indices semantics, counted in 40 ms encoder
+    # frames). BEST-RQ's "each 10 ms frame starts a 400 ms span with p=0.01" is
+    # mask_length=10 and mask_prob = 0.01 * 4 * 10 = 0.4. Masked frames get N(0, std^2).
+    mask_prob: float = field(default=0.4, metadata={"help": "expected masked fraction (before overlap)"})
+    mask_length: int = field(default=10, metadata={"help": "span length in encoder frames (40 ms)"})
+    mask_selection: MASKING_DISTRIBUTION_CHOICES = field(default="static", metadata={"help": "span length distribution"})
+    mask_other: float = field(default=0.0, metadata={"help": "secondary span length parameter"})
+    no_mask_overlap: bool = field(default=False, metadata={"help": "forbid overlapping spans"})
+    mask_min_space: int = field(default=1, metadata={"help": "min gap between spans if no overlap"})
+    require_same_masks: bool = field(default=True, metadata={"help": "same masked count per utterance"})
+    mask_dropout: float = field(default=0.0, metadata={"help": "drop this fraction of masked frames"})
+    mask_noise_std: float = field(default=0.1, metadata={"help": "std of the noise replacing masked frames"})
+    # Channel masking, as in wav2vec 2.0: on the encoder-input features (width
+    # encoder_embed_dim, comparable to wav2vec 2.0's 768), not on the 80 mel bins.
+    mask_channel_prob: float = field(default=0.0, metadata={"help": "channel masking probability"})
+    mask_channel_length: int = field(default=10, metadata={"help": "channel span length"})
+    mask_channel_selection: MASKING_DISTRIBUTION_CHOICES = field(default="static", metadata={"help": "channel span distribution"})
+    mask_channel_other: float = field(default=0.0, metadata={"help": "secondary channel span parameter"})
+    no_mask_channel_overlap: bool = field(default=False, metadata={"help": "forbid overlapping channel spans"})
+    mask_channel_min_space: int = field(default=1, metadata={"help": "min gap between channel spans"})
+    mask_channel_before: bool = field(
+        default=False, metadata={"help": "accepted for wav2vec 2.0 configs; time masking here acts on the "
+                                 "filterbank, so channel masking always follows it"}
+    )
+
+    # Anchor stream (BEST-RQ labels): RPQ on stacked normalised filterbank frames.
+    anchor_codebook_dim: int = field(default=16, metadata={"help": "anchor RPQ projection dim"})
+    anchor_codebook_size: int = field(default=8192, metadata={"help": "anchor codebook entries"})
+    anchor_num_codebooks: int = field(default=1, metadata={"help": "independent anchor codebooks"})
+
+    # Enhanced stream (BiRQ labels): RPQ on layer k of the unmasked input.
+    enhanced_stream: bool = field(default=True, metadata={"help": "false = BEST-RQ"})
+    enhanced_layer: int = field(default=6, metadata={"help": "k: label generator is layers 1..k"})
+    enhanced_codebook_dim: int = field(default=16, metadata={"help": "enhanced RPQ projection dim"})
+    enhanced_codebook_size: int = field(default=8192, metadata={"help": "enhanced codebook entries"})
+    enhanced_num_codebooks: int = field(default=1, metadata={"help": "independent enhanced codebooks"})
+    enhanced_label_grad: bool = field(
+        default=True, metadata={"help": "straight-through gradient into layers 1..k through the labels; "
+                                "false = stop-gradient (single-stage HuBERT-like self-labelling)"}
+    )
+    enhanced_dropout: bool = field(
+        default=False, metadata={"help": "apply dropout/layerdrop in the label-generating pass"}
+    )
+    similarity_temp: float = field(default=0.1, metadata={"help": "tau_c: cosine-similarity temperature"})
+    gumbel_temp: Tuple[float, float, float] = field(
+        default=(2.0, 0.5, 0.999995),
+        metadata={"help": "Gumbel-softmax temperature (start, end, decay per update), as wav2vec 2.0's latent_temp"},
+    )
+    quantizer_seed: int = field(default=1234, metadata={"help": "seed of both random quantizers"})
+
+
+def validate_config(cfg: BirqConfig) -> None:
+    """Reject bad values with the name of the field, before anything is built."""
+    problems = []
+
+    def need(ok, message):
+        if not ok:
+            problems.append(message)
+
+    for name in ("anchor_codebook_dim", "anchor_codebook_size", "anchor_num_codebooks",
+                 "enhanced_codebook_dim", "enhanced_codebook_size", "enhanced_num_codebooks",
+                 "encoder_layers", "encoder_embed_dim", "encoder_attention_heads", "n_mels",
+                 "conv_channels", "mask_length"):
+        need(getattr(cfg, name) > 0, f"model.{name}={getattr(cfg, name)} must be > 0")
+    for name in ("mask_prob", "mask_channel_prob", "mask_dropout", "dropout", "attention_dropout",
+                 "activation_dropout", "encoder_layerdrop", "dropout_input"):
+        value = getattr(cfg, name)
+        need(0.0 <= value <= 1.0, f"model.{name}={value} must be in [0, 1]")
+    need(cfg.similarity_temp > 0, f"model.similarity_temp={cfg.similarity_temp} must be > 0")
+    start, end, decay = cfg.gumbel_temp
+    need(start > 0 and end > 0, f"model.gumbel_temp={tuple(cfg.gumbel_temp)}: temperatures must be > 0")
+    need(0 < decay <= 1, f"model.gumbel_temp={tuple(cfg.gumbel_temp)}: decay must be in (0, 1]")
+    need(cfg.mask_noise_std >= 0, f"model.mask_noise_std={cfg.mask_noise_std} must be >= 0")
+    need(cfg.feature_grad_mult >= 0, f"model.feature_grad_mult={cfg.feature_grad_mult} must be >= 0")
+    if cfg.encoder_attention_heads > 0:
+        need(cfg.encoder_embed_dim % cfg.encoder_attention_heads == 0,
+             f"model.encoder_embed_dim={cfg.encoder_embed_dim} must be divisible by "
+             f"model.encoder_attention_heads={cfg.encoder_attention_heads}")
+    if cfg.enhanced_stream:
+        need(1 <= cfg.enhanced_layer <= cfg.encoder_layers,
+             f"model.enhanced_layer={cfg.enhanced_layer} is outside the encoder: must be in "
+             f"1..{cfg.encoder_layers} (model.encoder_layers), or set model.enhanced_stream=false")
+    if problems:
+        raise ValueError("invalid BiRQ model config:\n  " + "\n  ".join(problems))
+
+
+class PenaltyBaseline(nn.Module):
+    """Running estimate v^ of min L_lower: the running minimum of an EMA of the lower loss.
+
+    Kept as buffers of the model so it is checkpointed and resumes exactly; the
+    criterion owns the decay and calls ``update``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("ema", torch.tensor(float("nan"), dtype=torch.float64))
+        self.register_buffer("minimum", torch.tensor(float("inf"), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, value: float, decay: float) -> float:
+        if torch.isnan(self.ema):
+            self.ema.fill_(value)
+        else:
+            self.ema.mul_(decay).add_((1 - decay) * value)
+        self.minimum.copy_(torch.minimum(self.minimum, self.ema))
+        return float(self.minimum)
+
+
+@contextlib.contextmanager
+def _eval_mode(*modules: nn.Module):
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+@register_model("birq", dataclass=BirqConfig)
+class BirqModel(BaseFairseqModel):
+    def __init__(self, cfg: BirqConfig):
+        super().__init__()
+        validate_config(cfg)
+        self.cfg = cfg
+        self.num_updates = 0
+        embed_dim = cfg.encoder_embed_dim
+
+        self.frontend = LogMelFrontend(
+            n_mels=cfg.n_mels,
+            win_length_ms=cfg.win_length_ms,
+            hop_length_ms=cfg.hop_length_ms,
+            normalization=cfg.feature_normalization,
+            global_stats_batches=cfg.global_stats_batches,
+        )
+        self.subsampling = ConvSubsampling(cfg.n_mels, cfg.conv_channels, embed_dim)
+        self.layer_norm = LayerNorm(embed_dim)
+        self.dropout_input = nn.Dropout(cfg.dropout_input)
+        if cfg.layer_type == "conformer" and cfg.pos_enc_type in ("rel_pos", "rope"):
+            self.encoder = ConformerEncoder(cfg)
+        else:
+            self.encoder = TransformerEncoder(cfg)
+
+        # Pretraining-only modules: set to None by remove_pretraining_modules().
+        stacked_dim = FRAMES_PER_STEP * cfg.n_mels
+        self.anchor_quantizer = RandomProjectionQuantizer(
+            stacked_dim, cfg.anchor_codebook_dim, cfg.anchor_codebook_size,
+            cfg.anchor_num_codebooks, seed=cfg.quantizer_seed,
+        )
+        self.anchor_head = nn.Linear(embed_dim, cfg.anchor_num_codebooks * cfg.anchor_codebook_size)
+        self.enhanced_quantizer = None
+        self.enhanced_head = None
+        if cfg.enhanced_stream:
+            self.enhanced_quantizer = RandomProjectionQuantizer(
+                embed_dim, cfg.enhanced_codebook_dim, cfg.enhanced_codebook_size,
+                cfg.enhanced_num_codebooks, seed=cfg.quantizer_seed + 1,
+            )
+            self.enhanced_head = nn.Linear(embed_dim, cfg.enhanced_num_codebooks * cfg.enhanced_codebook_size)
+        self.penalty_baseline = PenaltyBaseline()
+
+    @classmethod
+    def build_model(cls, cfg: BirqConfig, task=None):
+        return cls(cfg)
+
+    def set_num_updates(self, num_updates):
+        super().set_num_updates(num_updates)
+        self.num_updates = num_updates
+
+    @property
+    def gumbel_temperature(self) -> float:
+        start, end, decay = self.cfg.gumbel_temp
+        return max(start * decay ** self.num_updates, end)
+
+    # ----------------------------------------------------------------- pieces
+    def encoder_input(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_mels) filterbank -> (B, T/4, D) encoder input."""
+        if self.cfg.feature_grad_mult > 0:
+            x = self.subsampling(feats)
+            if self.cfg.feature_grad_mult != 1.0:
+                x = GradMultiply.apply(x, self.cfg.feature_grad_mult)
+        else:
+            with torch.no_grad():
+                x = self.subsampling(feats)
+        return self.dropout_input(self.layer_norm(x))
+
+    def time_mask(self, step_padding: torch.Tensor) -> torch.Tensor:
+        """(B, T') padding -> (B, T') bool spans to mask, never on padding."""
+        mask = compute_mask_indices(
+            tuple(step_padding.shape),
+            step_padding.cpu(),
+            self.cfg.mask_prob,
+            self.cfg.mask_length,
+            self.cfg.mask_selection,
+            self.cfg.mask_other,
+            min_masks=1,
+            no_overlap=self.cfg.no_mask_overlap,
+            min_space=self.cfg.mask_min_space,
+            require_same_masks=self.cfg.require_same_masks,
+            mask_dropout=self.cfg.mask_dropout,
+        )
+        return torch.from_numpy(mask).to(step_padding.device) & ~step_padding
+
+    def channel_mask(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.mask_channel_prob <= 0:
+            return x
+        b, t, c = x.shape
+        channels = compute_mask_indices(
+            (b, c), None, self.cfg.mask_channel_prob, self.cfg.mask_channel_length,
+            self.cfg.mask_channel_selection, self.cfg.mask_channel_other,
+            no_overlap=self.cfg.no_mask_channel_overlap, min_space=self.cfg.mask_channel_min_space,
+        )
+        channels = torch.from_numpy(channels).to(x.device)
+        return x.masked_fill(channels[:, None, :], 0.0)
+
+    def run_encoder(self, x, step_padding, last_layer: Optional[int] = None):
+        """Encoder on (B, T', D); ``last_layer`` (0-based) stops early and skips the final LN."""
+        padding = step_padding if step_padding.any() else None
+        x, layer_results = self.encoder.extract_features(x, padding, last_layer)
+        if self.encoder.layer_norm_first and last_layer is None:
+            x = self.encoder.layer_norm(x)
+        return x, layer_results
+
+    def enhanced_targets(self, feats, step_padding, loss_frames) -> torch.Tensor:
+        """Label generator: layers 1..k on the unmasked input -> straight-through one-hots.
+
+        Returns (M, num_codebooks, codebook_size): one-hot in the forward pass, the
+        Gumbel-softmax gradient in the backward pass (when enhanced_label_grad).
+        """
+        generator = (self.subsampling, self.layer_norm, self.dropout_input, self.encoder)
+        dropout_ctx = contextlib.nullcontext() if self.cfg.enhanced_dropout else _eval_mode(*generator)
+        grad_ctx = contextlib.nullcontext() if self.cfg.enhanced_label_grad else torch.no_grad()
+        with dropout_ctx, grad_ctx:
+            h, _ = self.run_encoder(self.encoder_input(feats), step_padding, self.cfg.enhanced_layer - 1)
+            h = F.layer_norm(h[loss_frames].float(), (h.size(-1),))
+            logits = self.enhanced_quantizer.similarity(h) / self.cfg.similarity_temp
+            with torch.autocast(device_type=logits.device.type, enabled=False):
+                return F.gumbel_softmax(logits.float(), tau=self.gumbel_temperature, hard=True)
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        source: torch.Tensor,
+        padding_mask: Optional[torch.Tensor] = None,
+        mask: bool = True,
+        features_only: bool = False,
+        layer: Optional[int] = None,
+        corpus_key=None,
+    ):
+        """source (B, S) waveform, padding_mask (B, S) True at padding.
+
+        features_only: {"x": (B, T', D), "padding_mask": (B, T'), "layer_results", "mask_indices"}.
+        Otherwise, on the M masked frames: {"anchor_logits": (M, Na, Va), "anchor_labels":
+        (M, Na)} and, with the enhanced stream, {"enhanced_logits": (M, Ne, Ve),
+        "enhanced_targets": (M, Ne, Ve) straight-through one-hots}.
+        """
+        feats, frame_lengths = self.frontend(source, padding_mask)
+        batch, frames, n_mels = feats.shape
+        steps = frames // FRAMES_PER_STEP
+        step_padding = (
+            torch.arange(steps, device=feats.device)[None, :] >= (frame_lengths // FRAMES_PER_STEP)[:, None]
+        )
+
+        mask_indices = None
+        masked_feats = feats
+        if mask and self.cfg.mask_prob > 0:
+            mask_indices = self.time_mask(step_padding)
+            frame_mask = mask_indices.repeat_interleave(FRAMES_PER_STEP, dim=1)[..., None]
+            noise = torch.randn_like(feats) * self.cfg.mask_noise_std
+            masked_feats = torch.where(frame_mask, noise, feats)
+
+        x = self.encoder_input(masked_feats)
+        if mask:
+            x = self.channel_mask(x)
+        x, layer_results = self.run_encoder(x, step_padding, layer)
+
+        if features_only:
+            return {"x": x, "padding_mask": step_padding, "layer_results": layer_results,
+                    "mask_indices": mask_indices}
+        if self.anchor_quantizer is None:
+            raise RuntimeError("pretraining modules were removed; call with features_only=True")
+        if mask_indices is None:
+            raise ValueError("pretraining needs mask=True and model.mask_prob > 0: "
+                             "the losses are computed on masked frames only")
+
+        loss_frames = mask_indices
+        predicted = x[loss_frames]  # (M, D)
+        stacked = feats.reshape(batch, steps, FRAMES_PER_STEP * n_mels)[loss_frames]
+        result = {
+            "anchor_logits": self.anchor_head(predicted).view(
+                -1, self.cfg.anchor_num_codebooks, self.cfg.anchor_codebook_size),
+            "anchor_labels": self.anchor_quantizer(stacked),
+        }
+        if self.enhanced_quantizer is not None:
+            result["enhanced_logits"] = self.enhanced_head(predicted).view(
+                -1, self.cfg.enhanced_num_codebooks, self.cfg.enhanced_codebook_size)
+            result["enhanced_targets"] = self.enhanced_targets(feats, step_padding, loss_frames)
+        return result
+
+    def extract_features(self, source, padding_mask, mask=False, layer=None, corpus_key=None):
+        """The contract of fairseq's Wav2VecEncoder (wav2vec_ctc)."""
+        return self.forward(source, padding_mask, mask=mask, features_only=True, layer=layer)
+
+    def remove_pretraining_modules(self, last_layer=None):
+        # None, not del: a pretraining state dict still loads with strict=True.
+        self.anchor_quantizer = None
+        self.anchor_head = None
+        self.enhanced_quantizer = None
+        self.enhanced_head = None
+        self.penalty_baseline = None
+        if last_layer is not None:
+            self.encoder.layers = nn.ModuleList(
+                layer for i, layer in enumerate(self.encoder.layers) if i <= last_layer
+            )

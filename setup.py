@@ -1,0 +1,28 @@
+"""birq_fairseq: BiRQ / BEST-RQ self-supervised speech pretraining as a fairseq user module."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="birq_fairseq",
+    version="0.1.0",
+    description="BiRQ (bi-level self-labeling random quantization) pretraining for fairseq",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.8",
+    packages=find_packages(include=["birq_fairseq", "birq_fairseq.*"]),
+    install_requires=[
+        # fairseq 0.12.2 cannot import on Python 3.11; fairseq-fixed is upstream main with fixes.
+        'fairseq-fixed==0.12.3.1; python_version >= "3.11"',
+        'fairseq==0.12.2; python_version < "3.11"',
+        "torch==2.14.1",
+        "torchaudio==2.11.0",
+        "numpy==1.26.4",
+        "soundfile==0.14.0",
+        "editdistance==0.8.1",
+        "flashlight-text==0.0.7",
+        "tqdm==4.70.1",
+        "matplotlib==3.11.2",
+    ],
+    extras_require={"test": ["pytest==9.2.0"]},
+    entry_points={"console_scripts": ["birq-fairseq=birq_fairseq.cli:main"]},
+)
