@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import II
 
-from fairseq.data.data_utils import compute_mask_indices
+from fairseq.data.data_utils import compute_mask_indices, numpy_seed
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.models.wav2vec.wav2vec2 import (
@@ -85,7 +85,10 @@ class BirqConfig(FairseqDataclass):
     mask_other: float = field(default=0.0, metadata={"help": "secondary span length parameter"})
     no_mask_overlap: bool = field(default=False, metadata={"help": "forbid overlapping spans"})
     mask_min_space: int = field(default=1, metadata={"help": "min gap between spans if no overlap"})
-    require_same_masks: bool = field(default=True, metadata={"help": "same masked count per utterance"})
+    require_same_masks: bool = field(
+        default=False, metadata={"help": "same masked count per utterance (fairseq trims by dropping random "
+                                 "frames, breaking spans; the losses do not need it)"}
+    )
     mask_dropout: float = field(default=0.0, metadata={"help": "drop this fraction of masked frames"})
     mask_noise_std: float = field(default=0.1, metadata={"help": "std of the noise replacing masked frames"})
     # Channel masking, as in wav2vec 2.0: on the encoder-input features (width
@@ -127,6 +130,29 @@ class BirqConfig(FairseqDataclass):
     quantizer_seed: int = field(default=1234, metadata={"help": "seed of both random quantizers"})
 
 
+def span_mask(shape, padding_mask, prob, length, selection, other, **kwargs) -> torch.Tensor:
+    """fairseq's compute_mask_indices, made reproducible.
+
+    fairseq draws masks from an unseeded ``np.random.default_rng()``; seeding it from
+    torch's generator (which fairseq reseeds every update) makes masks, and so resumed
+    runs, deterministic. Returns a bool tensor of ``shape`` on the CPU.
+    """
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    with numpy_seed(seed):
+        mask = compute_mask_indices(shape, padding_mask, prob, length, selection, other, seed=seed, epoch=0,
+                                    indices=torch.arange(shape[0]), **kwargs)
+    return torch.from_numpy(mask)
+
+
+def _installed_fairseq_supports(**kwargs) -> bool:
+    # Some fairseq snapshots crash in these branches (numpy Generator.randint, np.int).
+    try:
+        compute_mask_indices((1, 50), None, 0.2, 5, seed=0, epoch=0, indices=torch.arange(1), **kwargs)
+        return True
+    except (AttributeError, TypeError):
+        return False
+
+
 def validate_config(cfg: BirqConfig) -> None:
     """Reject bad values with the name of the field, before anything is built."""
     problems = []
@@ -154,6 +180,14 @@ def validate_config(cfg: BirqConfig) -> None:
         need(cfg.encoder_embed_dim % cfg.encoder_attention_heads == 0,
              f"model.encoder_embed_dim={cfg.encoder_embed_dim} must be divisible by "
              f"model.encoder_attention_heads={cfg.encoder_attention_heads}")
+    for prefix in ("mask", "mask_channel"):
+        overlap, selection = getattr(cfg, f"no_{prefix}_overlap"), getattr(cfg, f"{prefix}_selection")
+        if overlap and not _installed_fairseq_supports(no_overlap=True, min_space=1):
+            problems.append(f"model.no_{prefix}_overlap=true is not supported by the installed fairseq's "
+                            "compute_mask_indices; leave it false")
+        if selection == "uniform" and not _installed_fairseq_supports(mask_type="uniform"):
+            problems.append(f"model.{prefix}_selection=uniform is not supported by the installed fairseq's "
+                            "compute_mask_indices; use static, normal or poisson")
     if cfg.enhanced_stream:
         need(1 <= cfg.enhanced_layer <= cfg.encoder_layers,
              f"model.enhanced_layer={cfg.enhanced_layer} is outside the encoder: must be in "
@@ -264,32 +298,24 @@ class BirqModel(BaseFairseqModel):
 
     def time_mask(self, step_padding: torch.Tensor) -> torch.Tensor:
         """(B, T') padding -> (B, T') bool spans to mask, never on padding."""
-        mask = compute_mask_indices(
-            tuple(step_padding.shape),
-            step_padding.cpu(),
-            self.cfg.mask_prob,
-            self.cfg.mask_length,
-            self.cfg.mask_selection,
-            self.cfg.mask_other,
-            min_masks=1,
-            no_overlap=self.cfg.no_mask_overlap,
-            min_space=self.cfg.mask_min_space,
-            require_same_masks=self.cfg.require_same_masks,
+        mask = span_mask(
+            tuple(step_padding.shape), step_padding.cpu(), self.cfg.mask_prob, self.cfg.mask_length,
+            self.cfg.mask_selection, self.cfg.mask_other, min_masks=1, no_overlap=self.cfg.no_mask_overlap,
+            min_space=self.cfg.mask_min_space, require_same_masks=self.cfg.require_same_masks,
             mask_dropout=self.cfg.mask_dropout,
         )
-        return torch.from_numpy(mask).to(step_padding.device) & ~step_padding
+        return mask.to(step_padding.device) & ~step_padding
 
     def channel_mask(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.mask_channel_prob <= 0:
             return x
         b, t, c = x.shape
-        channels = compute_mask_indices(
+        channels = span_mask(
             (b, c), None, self.cfg.mask_channel_prob, self.cfg.mask_channel_length,
             self.cfg.mask_channel_selection, self.cfg.mask_channel_other,
             no_overlap=self.cfg.no_mask_channel_overlap, min_space=self.cfg.mask_channel_min_space,
         )
-        channels = torch.from_numpy(channels).to(x.device)
-        return x.masked_fill(channels[:, None, :], 0.0)
+        return x.masked_fill(channels.to(x.device)[:, None, :], 0.0)
 
     def run_encoder(self, x, step_padding, last_layer: Optional[int] = None):
         """Encoder on (B, T', D); ``last_layer`` (0-based) stops early and skips the final LN."""

@@ -1,0 +1,40 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/audio_fixtures.py
+BIN = os.path.dirname(sys.executable)  # console scripts of this interpreter's environment
+
+
+def tiny_model_overrides(**extra):
+    """BirqConfig kwargs for a model small enough for unit tests."""
+    cfg = dict(encoder_layers=4, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
+               conv_channels=8, conv_pos=8, conv_pos_groups=2, anchor_codebook_size=64,
+               enhanced_codebook_size=64, enhanced_layer=2, mask_length=3, dropout=0.0,
+               attention_dropout=0.0, fp16=False)
+    cfg.update(extra)
+    return cfg
+
+
+def run_console(script, args, cwd, timeout=600):
+    """Run a console script of this environment as a user would; fail with its output."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([os.path.join(BIN, script)] + list(args), cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory):
+    """A few seconds of synthetic speech-like audio as fairseq manifests (train/valid)."""
+    from audio_fixtures import write_manifest
+
+    directory = str(tmp_path_factory.mktemp("synth"))
+    write_manifest(directory, "train", 8, seed=0, min_seconds=1.5, max_seconds=1.5)
+    write_manifest(directory, "valid", 2, seed=1)
+    return directory
