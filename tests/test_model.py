@@ -240,3 +240,14 @@ def test_extract_features_contract_for_wav2vec_ctc():
 def test_bad_config_values_name_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
         build(**{field: value})
+
+
+def test_code_perplexity_detects_collapse():
+    from birq_fairseq.criterions.birq_criterion import code_perplexity
+
+    uniform = torch.arange(64).repeat(4)[:, None]  # every code equally often
+    collapsed = torch.zeros(256, 1, dtype=torch.long)
+    two_books = torch.stack([torch.arange(256) % 16, torch.zeros(256, dtype=torch.long)], -1)
+    assert code_perplexity(uniform, 64) == pytest.approx(64.0)
+    assert code_perplexity(collapsed, 64) == pytest.approx(1.0)
+    assert code_perplexity(two_books, 64) == pytest.approx((16.0 + 1.0) / 2)

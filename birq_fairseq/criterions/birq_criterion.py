@@ -56,7 +56,10 @@ def code_perplexity(labels: torch.Tensor, codebook_size: int) -> float:
     """exp(entropy) of the label histogram, averaged over codebooks. labels: (M, N)."""
     if labels.numel() == 0:
         return 0.0
-    counts = F.one_hot(labels, codebook_size).sum(0).float()  # (N, V)
+    num_codebooks = labels.size(-1)
+    offsets = torch.arange(num_codebooks, device=labels.device) * codebook_size
+    counts = torch.bincount((labels + offsets).flatten(), minlength=num_codebooks * codebook_size)
+    counts = counts.view(num_codebooks, codebook_size).float()
     probs = counts / counts.sum(-1, keepdim=True)
     entropy = -(probs * torch.log(probs.clamp(min=1e-12))).sum(-1)
     return float(torch.exp(entropy).mean())

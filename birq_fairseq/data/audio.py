@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 class ManifestProblem:
     line: int  # 1-based line number in the manifest file
     path: str
+    kind: str  # short category, counted when skipping
     reason: str
     fatal: bool = False  # a malformed line cannot be skipped: the manifest itself is broken
 
@@ -61,14 +62,14 @@ def check_manifest(
         for lineno, line in enumerate(f, start=2):
             fields = line.rstrip("\n").split("\t")
             if len(fields) != 2 or not fields[1].strip().isdigit():
-                problems.append(ManifestProblem(lineno, fields[0], "expected 'path<TAB>num_samples', "
+                problems.append(ManifestProblem(lineno, fields[0], "malformed line", "expected 'path<TAB>num_samples', "
                                                 f"got {line.strip()!r}", fatal=True))
                 continue
             rel_path, size = fields[0], int(fields[1])
             if size < skip_below:
                 continue
             if size < min_samples:
-                problems.append(ManifestProblem(lineno, rel_path, f"{size} samples is shorter than the front-end's "
+                problems.append(ManifestProblem(lineno, rel_path, "too short", f"{size} samples is shorter than the front-end's "
                                                 f"receptive field ({min_samples} samples)"))
                 continue
             if not check_headers:
@@ -78,17 +79,17 @@ def check_manifest(
                 info = sf.info(path)
             except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/FileNotFoundError
                 reason = "file not found" if not os.path.exists(path) else f"unreadable audio ({e})"
-                problems.append(ManifestProblem(lineno, rel_path, reason))
+                problems.append(ManifestProblem(lineno, rel_path, "unreadable", reason))
                 continue
             if info.channels != 1:
-                problems.append(ManifestProblem(lineno, rel_path, f"{info.channels} channels; expected mono"))
+                problems.append(ManifestProblem(lineno, rel_path, "not mono", f"{info.channels} channels; expected mono"))
             elif info.samplerate != sample_rate and not allow_resample:
-                problems.append(ManifestProblem(lineno, rel_path, f"sample rate {info.samplerate} Hz; expected "
+                problems.append(ManifestProblem(lineno, rel_path, "sample rate", f"sample rate {info.samplerate} Hz; expected "
                                                 f"{sample_rate} Hz (resample the audio, or set task.resample_audio=true)"))
             elif info.samplerate == sample_rate and info.frames != size:
-                problems.append(ManifestProblem(lineno, rel_path, f"manifest says {size} samples, file has {info.frames}"))
+                problems.append(ManifestProblem(lineno, rel_path, "size mismatch", f"manifest says {size} samples, file has {info.frames}"))
             elif info.frames == 0:
-                problems.append(ManifestProblem(lineno, rel_path, "empty audio"))
+                problems.append(ManifestProblem(lineno, rel_path, "empty", "empty audio"))
     return problems
 
 
@@ -102,9 +103,8 @@ def report_problems(manifest_path: str, problems: List[ManifestProblem], skip: b
             f"{len(problems)} invalid manifest line(s) in {manifest_path}:\n  {lines}{more}\n"
             "Fix them, or set task.skip_invalid_audio=true to skip and count them."
         )
-    reasons = Counter(p.reason.split(" (")[0] if "unreadable" in p.reason else p.reason.split(";")[0]
-                      for p in problems)
-    logger.warning(f"skipping {len(problems)} invalid line(s) of {manifest_path}: {dict(reasons)}\n  {lines}{more}")
+    kinds = dict(Counter(p.kind for p in problems))
+    logger.warning(f"skipping {len(problems)} invalid line(s) of {manifest_path}: {kinds}\n  {lines}{more}")
 
 
 class CheckedFileAudioDataset(FileAudioDataset):
