@@ -1,0 +1,1 @@
+"""Data utilities: manifests, labels and the demo corpus (no fairseq imports here)."""
