@@ -310,9 +310,11 @@ class BirqModel(BaseFairseqModel):
         if self.cfg.mask_channel_prob <= 0:
             return x
         b, t, c = x.shape
+        # min_masks=1: fairseq raises when a row draws no span, which happens for narrow
+        # (tiny) encoders; at wav2vec 2.0 widths (768, length 64) rows draw several anyway.
         channels = span_mask(
             (b, c), None, self.cfg.mask_channel_prob, self.cfg.mask_channel_length,
-            self.cfg.mask_channel_selection, self.cfg.mask_channel_other,
+            self.cfg.mask_channel_selection, self.cfg.mask_channel_other, min_masks=1,
             no_overlap=self.cfg.no_mask_channel_overlap, min_space=self.cfg.mask_channel_min_space,
         )
         return x.masked_fill(channels.to(x.device)[:, None, :], 0.0)

@@ -1,0 +1,8 @@
+"""``python -m birq_fairseq wer ...`` (see ``birq_fairseq/cli.py``)."""
+
+import sys
+
+from birq_fairseq.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
