@@ -251,3 +251,30 @@ def test_code_perplexity_detects_collapse():
     assert code_perplexity(uniform, 64) == pytest.approx(64.0)
     assert code_perplexity(collapsed, 64) == pytest.approx(1.0)
     assert code_perplexity(two_books, 64) == pytest.approx((16.0 + 1.0) / 2)
+
+
+def test_fairseq_bf16_training_keeps_frontend_and_quantizers_in_fp32():
+    """fairseq's common.bf16/fp16 call model.bfloat16()/half(): features and labels must not change."""
+    reference = build()
+    reference.eval()
+    half = build()
+    half.load_state_dict(reference.state_dict())
+    half.bfloat16()
+    assert half.encoder.layers[0].fc1.weight.dtype == torch.bfloat16
+    for module in (half.frontend, half.anchor_quantizer, half.enhanced_quantizer, half.penalty_baseline):
+        assert all(b.dtype in (torch.float32, torch.float64, torch.long) for b in module.buffers())
+    assert half.penalty_baseline.minimum.dtype == torch.float64
+    sample = batch()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        ref_out = reference(**sample["net_input"])
+        torch.manual_seed(0)
+        source = sample["net_input"]["source"].bfloat16()  # fairseq casts the batch too
+        out = half(source, sample["net_input"]["padding_mask"])
+    assert out["anchor_logits"].dtype == torch.bfloat16
+    # Labels come from fp32 features and codebooks: the same masked frames get the same labels
+    # (the bf16 input waveform differs from fp32 only by rounding, far below the features' scale).
+    agree = (out["anchor_labels"] == ref_out["anchor_labels"]).float().mean()
+    assert agree > 0.9
+    assert torch.isfinite(out["anchor_logits"].float()).all()
+    assert torch.isfinite(out["enhanced_targets"]).all() and out["enhanced_targets"].dtype == torch.float32

@@ -28,6 +28,7 @@ from fairseq.models.wav2vec.wav2vec2 import (
 from fairseq.modules import GradMultiply, LayerNorm
 
 from ..modules.frontend import FRAMES_PER_STEP, ConvSubsampling, LogMelFrontend
+from ..modules.precision import FullPrecisionModule
 from ..modules.quantizer import RandomProjectionQuantizer
 
 logger = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ def validate_config(cfg: BirqConfig) -> None:
         raise ValueError("invalid BiRQ model config:\n  " + "\n  ".join(problems))
 
 
-class PenaltyBaseline(nn.Module):
+class PenaltyBaseline(FullPrecisionModule):
     """Running estimate v^ of min L_lower: the running minimum of an EMA of the lower loss.
 
     Kept as buffers of the model so it is checkpointed and resumes exactly; the
@@ -286,7 +287,8 @@ class BirqModel(BaseFairseqModel):
 
     # ----------------------------------------------------------------- pieces
     def encoder_input(self, feats: torch.Tensor) -> torch.Tensor:
-        """(B, T, n_mels) filterbank -> (B, T/4, D) encoder input."""
+        """(B, T, n_mels) fp32 filterbank -> (B, T/4, D) encoder input in the encoder's dtype."""
+        feats = feats.to(self.layer_norm.weight.dtype)  # fairseq's fp16/bf16 training halves the encoder
         if self.cfg.feature_grad_mult > 0:
             x = self.subsampling(feats)
             if self.cfg.feature_grad_mult != 1.0:

@@ -7,6 +7,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torchaudio
 
+from .precision import FullPrecisionModule
+
 # Encoder frames are 4 filterbank frames (40 ms): the conv subsampling factor and the
 # number of frames the anchor quantizer stacks are one constant.
 FRAMES_PER_STEP = 4
@@ -25,7 +27,7 @@ def min_samples_for_one_step(sample_rate: int, win_length_ms: float = 25.0, hop_
     return win + (FRAMES_PER_STEP - 1) * hop
 
 
-class LogMelFrontend(nn.Module):
+class LogMelFrontend(FullPrecisionModule):
     """Waveform -> normalised log-mel filterbank, on the model's device, for a whole batch.
 
     Shapes:
@@ -38,6 +40,7 @@ class LogMelFrontend(nn.Module):
         "utterance": zero mean / unit variance per mel bin over each utterance's frames.
         "global": running statistics over the first ``global_stats_batches`` training
         batches (all-reduced across ranks), frozen afterwards; saved in checkpoints.
+    Features are fp32 whatever the training precision.
     """
 
     def __init__(

@@ -3,16 +3,18 @@
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from .precision import FullPrecisionModule
 
-class RandomProjectionQuantizer(nn.Module):
+
+class RandomProjectionQuantizer(FullPrecisionModule):
     """Frozen random projection + frozen random codebook(s) -> discrete labels.
 
     ``projection`` is Xavier-uniform initialised, ``codebook`` is standard normal;
-    both are buffers: saved in checkpoints, never touched by the optimizer, and drawn
-    from their own generator seeded by ``seed`` so every rank builds identical copies.
+    both are buffers: saved in checkpoints, never touched by the optimizer, drawn from
+    their own generator seeded by ``seed`` so every rank builds identical copies, and
+    kept in fp32 whatever the training precision.
 
     Shapes:
         similarity: (..., input_dim) -> (..., num_codebooks, codebook_size), float32
@@ -57,9 +59,8 @@ class RandomProjectionQuantizer(nn.Module):
         # Distances in fp32 even under fp16/bf16 autocast: ties and near-ties in half
         # precision would make labels depend on the precision mode.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            projected = torch.einsum("...d,ndk->...nk", x.float(), self.projection.float())
-            projected = F.normalize(projected, dim=-1)
-            return torch.einsum("...nk,nvk->...nv", projected, self.codebook.float())
+            projected = F.normalize(torch.einsum("...d,ndk->...nk", x.float(), self.projection), dim=-1)
+            return torch.einsum("...nk,nvk->...nv", projected, self.codebook)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
 
+from birq_fairseq.data.labels import check_label_file
 from birq_fairseq.safe_globals import allow_fairseq_checkpoint_globals
 
 logger = logging.getLogger(__name__)
@@ -92,29 +93,6 @@ class BirqFinetuningConfig(AudioFinetuningConfig):
     )
 
 
-def _minimal_check_label_file(manifest_path, label_path, dictionary_symbols=None):
-    """Fallback if ``birq_fairseq.data.labels`` is unavailable: count, empty lines, symbols."""
-    with open(manifest_path, encoding="utf-8") as f:
-        n_manifest = max(len([l for l in f.read().split("\n") if l.strip()]) - 1, 0)
-    with open(label_path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if len(lines) != n_manifest:
-        raise ValueError(
-            f"{label_path}:{min(len(lines), n_manifest) + 1}: {len(lines)} label lines but "
-            f"manifest {manifest_path} has {n_manifest} entries"
-        )
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise ValueError(f"{label_path}:{lineno}: empty label line")
-        if dictionary_symbols is not None:
-            bad = next((t for t in line.split() if t not in dictionary_symbols), None)
-            if bad is not None:
-                raise ValueError(f"{label_path}:{lineno}: symbol {bad!r} is not in the dictionary")
-    return len(lines)
-
-
 def validate_labels(manifest_path: str, label_path: str, dictionary) -> int:
     """Check ``label_path`` against ``manifest_path`` and a fairseq ``Dictionary``.
 
@@ -124,10 +102,6 @@ def validate_labels(manifest_path: str, label_path: str, dictionary) -> int:
     fairseq's ``LabelEncoder`` looks up, and each must be in the dictionary.
     """
     symbols = set(dictionary.symbols) if dictionary is not None else None
-    try:
-        from birq_fairseq.data.labels import check_label_file
-    except ImportError:  # pragma: no cover
-        check_label_file = _minimal_check_label_file
     if label_path.endswith(".ltr") or symbols is None:
         return check_label_file(manifest_path, label_path, symbols)
     n = check_label_file(manifest_path, label_path, None)
