@@ -257,21 +257,13 @@ class LexiconBeamCTCDecoder(_CTCGeneratorBase):
 DECODERS = ("greedy", "lexicon")
 
 
-def build_ctc_decoder(
-    tgt_dict,
-    decoder: str = "greedy",
-    lexicon: Optional[str] = None,
-    kenlm_model: Optional[str] = None,
-    beam: int = 50,
-    nbest: int = 1,
-    beam_size_token: Optional[int] = None,
-    beam_threshold: float = 25.0,
-    lm_weight: float = 2.0,
-    word_score: float = 0.0,
-    unk_score: float = float("-inf"),
-    sil_score: float = 0.0,
-):
-    """Factory shared by the ``birq_finetuning`` task and ``python -m birq_fairseq wer``."""
+def build_ctc_decoder(tgt_dict, decoder: str = "greedy", lexicon: Optional[str] = None,
+                      kenlm_model: Optional[str] = None, **beam_options):
+    """Factory shared by the ``birq_finetuning`` task and ``python -m birq_fairseq wer``.
+
+    ``beam_options`` are LexiconBeamCTCDecoder's keyword arguments (beam, nbest,
+    beam_size_token, beam_threshold, lm_weight, word_score, unk_score, sil_score).
+    """
     decoder = str(decoder)
     if decoder == "greedy":
         if kenlm_model or lexicon:
@@ -280,17 +272,5 @@ def build_ctc_decoder(
     if decoder == "lexicon":
         if not lexicon:
             raise ValueError("--ctc-decoder lexicon needs --lexicon FILE (word -> letters ending in '|')")
-        return LexiconBeamCTCDecoder(
-            tgt_dict,
-            lexicon,
-            kenlm_model=kenlm_model,
-            beam=beam,
-            nbest=nbest,
-            beam_size_token=beam_size_token,
-            beam_threshold=beam_threshold,
-            lm_weight=lm_weight,
-            word_score=word_score,
-            unk_score=unk_score,
-            sil_score=sil_score,
-        )
+        return LexiconBeamCTCDecoder(tgt_dict, lexicon, kenlm_model=kenlm_model, **beam_options)
     raise ValueError(f"unknown CTC decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
