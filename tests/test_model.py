@@ -153,16 +153,27 @@ def test_penalty_combination_and_gamma_schedule():
     model.train()
     criterion = BirqCriterion(BirqCriterionConfig(gamma=0.5, gamma_final=2.5, gamma_ramp_updates=100), _Task())
     model.set_num_updates(50)
+    # Before the first update there is no v^ yet: the penalty gap is 0.
     loss, frames, log = criterion(model, batch())
     assert log["gamma"] == pytest.approx(1.5)
+    assert float(loss) == pytest.approx(log["enhanced_loss"], rel=1e-5)
+    # v^ advances once per update (the task's optimizer_step commits), not per forward.
+    model.penalty_baseline.commit()
     baseline = float(model.penalty_baseline.minimum)
+    assert baseline == pytest.approx(log["anchor_loss"] / frames)
+    loss, frames, log = criterion(model, batch(seed=2))
+    assert float(model.penalty_baseline.minimum) == baseline
     expected = log["enhanced_loss"] + 1.5 * (log["anchor_loss"] - baseline * frames)
     assert float(loss) == pytest.approx(expected, rel=1e-5)
     assert criterion.gamma_at(0) == 0.5 and criterion.gamma_at(1000) == 2.5
     # The upper stream can be swapped: then the anchor loss is the upper level.
     swapped = BirqCriterion(BirqCriterionConfig(upper_stream="anchor", gamma=2.0), _Task())
-    loss, frames, log = swapped(model, batch(seed=1))
-    baseline = float(model.penalty_baseline.minimum)
+    other = build()
+    other.train()
+    loss, frames, log = swapped(other, batch(seed=1))
+    other.penalty_baseline.commit()
+    baseline = float(other.penalty_baseline.minimum)
+    loss, frames, log = swapped(other, batch(seed=3))
     assert float(loss) == pytest.approx(log["anchor_loss"] + 2.0 * (log["enhanced_loss"] - baseline * frames),
                                         rel=1e-5)
 

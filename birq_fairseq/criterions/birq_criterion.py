@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from fairseq import metrics
@@ -80,16 +79,17 @@ class BirqCriterion(FairseqCriterion):
         return self.cfg.gamma + (self.cfg.gamma_final - self.cfg.gamma) * progress
 
     def _lower_loss_baseline(self, model, lower_sum: torch.Tensor, frames: int) -> float:
-        """Update v^ with this batch's mean lower loss (averaged over ranks) and return it."""
-        stats = torch.tensor([float(lower_sum.detach()), float(frames)], dtype=torch.float64,
-                             device=lower_sum.device)
-        if model.training and dist.is_available() and dist.is_initialized():
-            dist.all_reduce(stats)  # identical v^ on every rank
-        mean = float(stats[0] / stats[1].clamp(min=1))
+        """v^ as of the last finished update; in training, record this batch for the next one.
+
+        v^ advances in the task's optimizer_step (PenaltyBaseline.commit), once per update,
+        so it does not depend on update_freq. Before the first update there is no v^ yet:
+        the batch's own mean is used (penalty gap 0).
+        """
+        value = float(lower_sum.detach())
         if model.training:
-            return model.penalty_baseline.update(mean, self.cfg.baseline_ema_decay)
+            model.penalty_baseline.accumulate(value, frames, self.cfg.baseline_ema_decay)
         minimum = float(model.penalty_baseline.minimum)
-        return minimum if math.isfinite(minimum) else mean
+        return minimum if math.isfinite(minimum) else value / max(frames, 1)
 
     def forward(self, model, sample, reduce=True):
         net_output = model(**sample["net_input"])
@@ -109,6 +109,7 @@ class BirqCriterion(FairseqCriterion):
             "anchor_count": anchor_labels.numel(),
             "anchor_code_ppl": code_perplexity(anchor_labels, anchor_logits.size(-1)),
             "audio_seconds": self._audio_seconds(sample),
+            "num_outputs": 1,  # divides the per-output averages; summed across ranks like the rest
         }
 
         if "enhanced_logits" not in net_output:
@@ -149,6 +150,8 @@ class BirqCriterion(FairseqCriterion):
             return sum(log.get(key, 0) for log in logging_outputs)
 
         sample_size = max(total("sample_size"), 1)
+        # Outputs may arrive already summed over ranks / micro-batches (fast stat sync).
+        outputs = max(total("num_outputs"), 1)
         # Losses in bits per masked frame, as fairseq's other criterions.
         metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
         for stream in ("anchor", "enhanced"):
@@ -158,17 +161,17 @@ class BirqCriterion(FairseqCriterion):
                                sample_size, round=3)
             count = max(total(f"{stream}_count"), 1)
             metrics.log_scalar(f"{stream}_acc", total(f"{stream}_correct") / count, count, round=4)
-            ppls = [log[f"{stream}_code_ppl"] for log in logging_outputs if f"{stream}_code_ppl" in log]
-            metrics.log_scalar(f"{stream}_code_ppl", sum(ppls) / len(ppls), len(ppls), round=1)
+            metrics.log_scalar(f"{stream}_code_ppl", total(f"{stream}_code_ppl") / outputs, outputs, round=1)
         if any("penalty_gap" in log for log in logging_outputs):
             metrics.log_scalar("penalty_gap", total("penalty_gap") / sample_size / math.log(2),
                                sample_size, round=4)
             for key in ("gamma", "gumbel_temp"):
-                values = [log[key] for log in logging_outputs if key in log]
-                metrics.log_scalar(key, sum(values) / len(values), 0, round=4)
+                metrics.log_scalar(key, total(key) / outputs, 0, round=4)
         metrics.log_speed("audio_sec_per_sec", total("audio_seconds"), round=1)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
-        # Perplexities, gamma and temperature are averaged over outputs, not summed.
-        return False
+        # True: fairseq then syncs with all_reduce on the training device. False makes it use
+        # all_gather_list, which allocates torch.cuda.ByteTensor and crashes multi-process CPU
+        # (gloo) runs. Averages are recovered with the summed "num_outputs" count.
+        return True

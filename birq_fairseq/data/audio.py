@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from fairseq.data import FileAudioDataset
+from fairseq.data import FileAudioDataset, data_utils
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,20 @@ class CheckedFileAudioDataset(FileAudioDataset):
             feats = AF.resample(feats, curr_sample_rate, self.sample_rate)
             curr_sample_rate = self.sample_rate
         return super().postprocess(feats, curr_sample_rate)
+
+    def set_epoch(self, epoch):
+        parent = getattr(super(), "set_epoch", None)
+        if parent is not None:
+            parent(epoch)
+        self._crop_epoch = epoch
+
+    def collater(self, samples):
+        # fairseq crops clips longer than the batch's shortest with numpy's *global* RNG, which
+        # is neither reseeded per update nor checkpointed, so a run resumed mid-epoch crops
+        # differently from an uninterrupted one. Seed the crop from (epoch, sample ids).
+        ids = [int(s["id"]) for s in samples if s.get("source") is not None]
+        with data_utils.numpy_seed(getattr(self, "_crop_epoch", 1), *ids):
+            return super().collater(samples)
 
     def __getitem__(self, index):
         try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import II
@@ -200,14 +201,35 @@ def validate_config(cfg: BirqConfig) -> None:
 class PenaltyBaseline(FullPrecisionModule):
     """Running estimate v^ of min L_lower: the running minimum of an EMA of the lower loss.
 
-    Kept as buffers of the model so it is checkpointed and resumes exactly; the
-    criterion owns the decay and calls ``update``.
+    Kept as buffers of the model so it is checkpointed and resumes exactly. It advances
+    once per optimizer update: the criterion ``accumulate``s every forward pass's lower
+    loss (all micro-batches of the update), the task's ``optimizer_step`` calls ``commit``
+    on every rank, which all-reduces the update's total and applies one EMA step. So v^
+    does not depend on update_freq or the number of ranks, and nothing is pending when a
+    checkpoint is written.
     """
 
     def __init__(self):
         super().__init__()
         self.register_buffer("ema", torch.tensor(float("nan"), dtype=torch.float64))
         self.register_buffer("minimum", torch.tensor(float("inf"), dtype=torch.float64))
+        self._pending = [0.0, 0.0]  # lower-loss sum and frames of the current update (not saved)
+        self._decay = None
+
+    def accumulate(self, lower_sum: float, frames: int, decay: float) -> None:
+        self._pending[0] += lower_sum
+        self._pending[1] += frames
+        self._decay = decay
+
+    @torch.no_grad()
+    def commit(self) -> None:
+        """Fold the finished update into v^. Collective: call on every rank, once per update."""
+        stats = torch.tensor(self._pending, dtype=torch.float64, device=self.ema.device)
+        self._pending = [0.0, 0.0]
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(stats)  # identical v^ on every rank
+        if stats[1] > 0 and self._decay is not None:
+            self.update(float(stats[0] / stats[1]), self._decay)
 
     @torch.no_grad()
     def update(self, value: float, decay: float) -> float:

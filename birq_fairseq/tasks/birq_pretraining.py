@@ -34,6 +34,13 @@ class BirqPretrainingConfig(AudioPretrainingConfig):
 class BirqPretrainingTask(AudioPretrainingTask):
     cfg: BirqPretrainingConfig
 
+    def optimizer_step(self, optimizer, model, update_num):
+        super().optimizer_step(optimizer, model, update_num)
+        # v^ advances once per update, on every rank (fairseq's wrappers forward the attribute)
+        baseline = getattr(model, "penalty_baseline", None)
+        if baseline is not None:
+            baseline.commit()
+
     def load_dataset(self, split: str, task_cfg: BirqPretrainingConfig = None, **kwargs):
         task_cfg = task_cfg or self.cfg
         if getattr(task_cfg, "binarized_dataset", False) or getattr(task_cfg, "multi_corpus_keys", None):
