@@ -87,8 +87,8 @@ def test_label_pass_uses_unmasked_input_and_main_pass_masked_noise():
     torch.manual_seed(3)
     np.random.seed(3)
     model(**sample["net_input"])
-    assert len(seen) == 2  # main (masked) pass, then the label generator's unmasked pass
-    masked_input, label_input = seen
+    assert len(seen) == 2  # the label generator's unmasked pass, then the main (masked) pass
+    label_input, masked_input = seen
     assert torch.equal(label_input, clean)
     frame_changed = (masked_input != clean).any(-1)  # (B, T)
     assert frame_changed.any()
@@ -110,7 +110,7 @@ def test_losses_count_masked_frames_only():
     captured = {}
     original = model.time_mask
 
-    def spy(step_padding):
+    def spy(step_padding):  # noqa: E306
         captured["mask"] = original(step_padding)
         captured["padding"] = step_padding
         return captured["mask"]

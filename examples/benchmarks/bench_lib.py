@@ -1,0 +1,338 @@
+"""Building blocks of the BiRQ benchmark harness (see run.py for the command).
+
+Everything here runs on whatever device the tensors are on (the harness uses CPU).
+On CPU every op is synchronous, so wall-clock timers around Python calls are exact.
+"""
+
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from types import SimpleNamespace
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from birq_fairseq.criterions.birq_criterion import BirqCriterion, BirqCriterionConfig  # noqa: E402
+from birq_fairseq.models.birq import BirqConfig, BirqModel  # noqa: E402
+
+SAMPLE_RATE = 16000
+
+# --------------------------------------------------------------------------- configs
+# "small": the model of the ratio study (part 1). Per-token cost proportions match the
+# base model: the enhanced head (M x D x V) is ~2-4% of the encoder, as for base with
+# V=8192 (0.4*V / (12*L*D) = 3%); with V=8192 on a 256-dim model the head alone
+# would be ~27% of a 4-layer encoder, which measures the head, not the k-layer pass.
+SMALL = dict(
+    encoder_embed_dim=256, encoder_ffn_embed_dim=1024, encoder_attention_heads=4,
+    conv_channels=32, conv_pos=32, conv_pos_groups=16,
+    anchor_codebook_size=1024, enhanced_codebook_size=1024,
+    mask_prob=0.4, mask_length=10, dropout=0.1, attention_dropout=0.1,
+    encoder_layerdrop=0.0,
+)
+# examples/pretrain/tiny_birq.yaml's model.
+TINY = dict(
+    encoder_layers=4, encoder_embed_dim=96, encoder_ffn_embed_dim=192, encoder_attention_heads=4,
+    conv_channels=16, conv_pos=16, conv_pos_groups=4, dropout=0.0, attention_dropout=0.0,
+    mask_prob=0.4, mask_length=5, anchor_codebook_size=256, enhanced_codebook_size=256,
+    enhanced_layer=2, gumbel_temp=(2.0, 0.5, 0.995),
+)
+# examples/pretrain/base_birq_librispeech.yaml's model (12 x 768, V=8192), layerdrop 0 so
+# every step runs the same layers (timing, FLOP count), fp32 (CPU).
+BASE = dict(
+    encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12,
+    conv_channels=128, encoder_layerdrop=0.0, dropout_input=0.1, mask_prob=0.4, mask_length=10,
+    anchor_codebook_size=8192, enhanced_codebook_size=8192, enhanced_layer=6,
+)
+
+VARIANTS = {
+    "bestrq": dict(enhanced_stream=False),
+    "birq": dict(enhanced_stream=True, enhanced_label_grad=True),
+    "birq_nograd": dict(enhanced_stream=True, enhanced_label_grad=False),
+}
+
+
+def model_overrides(base: dict, variant: str, **extra) -> dict:
+    over = dict(base)
+    over.update(VARIANTS[variant])
+    over.update(extra)
+    return over
+
+
+def build(overrides: dict, seed: int = 0, lr: float = 1e-4):
+    """(model, criterion, optimizer) in training mode, as fairseq would build them."""
+    torch.manual_seed(seed)
+    cfg = BirqConfig(**{k: v for k, v in overrides.items()})
+    cfg.fp16 = False  # II("common.fp16") has no common group outside hydra
+    model = BirqModel(cfg)
+    model.train()
+    task = SimpleNamespace(cfg=SimpleNamespace(sample_rate=SAMPLE_RATE))
+    criterion = BirqCriterion(BirqCriterionConfig(), task)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    return model, criterion, optimizer
+
+
+def make_sample(batch: int, seconds: float, seed: int = 0) -> dict:
+    """Speech-like synthetic batch of equal-length utterances (no padding)."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(seconds * SAMPLE_RATE)
+    t = torch.arange(n) / SAMPLE_RATE
+    f0 = 100 + 150 * torch.rand(batch, 1, generator=g)
+    wave = sum(torch.sin(2 * torch.pi * f0 * h * t) / h for h in range(1, 6))
+    wave = 0.1 * wave + 0.01 * torch.randn(batch, n, generator=g)
+    return {"id": torch.arange(batch), "net_input": {"source": wave.float(), "padding_mask": None}}
+
+
+def train_step(model, criterion, optimizer, sample) -> float:
+    """One pretraining update: forward (model + criterion), backward, optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss, _, _ = criterion(model, sample)
+    loss.backward()
+    optimizer.step()
+    model.set_num_updates(model.num_updates + 1)
+    return float(loss.detach())
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(runners: Dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
+                steps_per_round: int = 1) -> Dict[str, List[float]]:
+    """Run every runner once per round (ABCABC...), rotating the start so no runner always
+    follows the same one; returns per-runner lists of per-step seconds (one per round)."""
+    names = list(runners)
+    for _ in range(warmup):
+        for name in names:
+            runners[name]()
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            t = sum(timed(runners[name]) for _ in range(steps_per_round)) / steps_per_round
+            times[name].append(t)
+    return times
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def ratio_stats(times: Dict[str, List[float]], name: str, ref: str) -> dict:
+    """Median of per-round ratios (noise common to a round cancels) and ratio of medians."""
+    per_round = [a / b for a, b in zip(times[name], times[ref])]
+    return {"ratio": median(per_round), "ratio_of_medians": median(times[name]) / median(times[ref]),
+            "ratio_min": min(per_round), "ratio_max": max(per_round)}
+
+
+# --------------------------------------------------------------------------- FLOPs
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """convolution_backward = one forward-sized conv per requested gradient (input, weight).
+
+    torch 2.14's built-in formula ignores ``groups`` for the weight gradient and counts a
+    grouped conv's backward ``groups`` times too high: for the encoder's positional conv
+    (768 channels, 16 groups, kernel 128) that is 8.0 instead of 0.94 GFLOP on 2 s of
+    audio, a quarter of a base-model step."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def count_step_flops(model, criterion, optimizer, sample, seed: Optional[int] = None) -> int:
+    """FLOPs (matmul/conv/attention, forward + backward) of one training step.
+
+    The mask and the Gumbel noise are random, so the masked-frame count (heads) varies a
+    little step to step; the caller reseeds to make counts reproducible."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import numpy as np
+
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+    default_rng = np.random.default_rng
+    if seed is not None:
+        # The mask sets how many frames reach the heads. fairseq's compute_mask_indices
+        # draws span starts from an unseeded np.random.default_rng(None) per utterance:
+        # seed those (and np.random / torch) for the counted step only.
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        np.random.default_rng = lambda s=None: default_rng(seed if s is None else s)
+    try:
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            train_step(model, criterion, optimizer, sample)
+    finally:
+        np.random.default_rng = default_rng
+    return int(counter.get_total_flops())
+
+
+_MM_CACHE = {}
+
+
+def matmul_rate(n: int = 2048, reps: int = 3) -> float:
+    """Dense fp32 FLOP/s of this process on a large square torch.mm: best of ``reps``
+    (the machine's rate when not preempted; a conservative reference for fractions)."""
+    if n not in _MM_CACHE:
+        _MM_CACHE[n] = (torch.randn(n, n), torch.randn(n, n))
+    a, b = _MM_CACHE[n]
+    times = [timed(lambda: torch.mm(a, b)) for _ in range(reps)]
+    return 2 * n ** 3 / min(times)
+
+
+# --------------------------------------------------------------------------- memory
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+def _reset_hwm() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _trim():
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def measure_step_memory(overrides: dict, batch: int, seconds: float, repeats: int = 2) -> dict:
+    """Peak resident memory of one training step above the resident memory before it.
+
+    Run in a fresh process with MALLOC_MMAP_THRESHOLD_ set (see run.py): every large
+    tensor is then its own mmap, returned to the OS when freed, so RSS tracks live tensor
+    bytes. Two warm-up steps allocate the optimizer state and gradients; then, per repeat,
+    trim malloc, read RSS (baseline: weights + grads + Adam state + batch), reset the
+    kernel's peak-RSS counter, run one step and read the peak. The delta is the step's
+    transient memory (activations saved for backward, logits, temporaries)."""
+    model, criterion, optimizer = build(overrides)
+    sample = make_sample(batch, seconds)
+    for _ in range(2):
+        train_step(model, criterion, optimizer, sample)
+    deltas, peaks, bases = [], [], []
+    for _ in range(repeats):
+        _trim()
+        base = _rss_bytes()
+        if not _reset_hwm():
+            raise RuntimeError("cannot reset VmHWM (/proc/self/clear_refs)")
+        train_step(model, criterion, optimizer, sample)
+        peak = _hwm_bytes()
+        deltas.append(peak - base)
+        peaks.append(peak)
+        bases.append(base)
+    params = sum(p.numel() for p in model.parameters())
+    return {"step_peak_delta_bytes": max(deltas), "peak_rss_bytes": max(peaks),
+            "baseline_rss_bytes": min(bases), "params": params}
+
+
+# --------------------------------------------------------------------------- breakdown
+class PieceTimer:
+    """Exclusive wall time of named pieces of the forward pass (nested calls subtract)."""
+
+    def __init__(self):
+        self.totals: Dict[str, float] = {}
+        self._stack: List[List] = []
+
+    @contextlib.contextmanager
+    def piece(self, name):
+        start = time.perf_counter()
+        self._stack.append([name, 0.0])
+        try:
+            yield
+        finally:
+            _, child = self._stack.pop()
+            elapsed = time.perf_counter() - start
+            self.totals[name] = self.totals.get(name, 0.0) + elapsed - child
+            if self._stack:
+                self._stack[-1][1] += elapsed
+
+    def wrap(self, obj, attr, name):
+        original = getattr(obj, attr)
+
+        def wrapper(*args, **kwargs):
+            with self.piece(name):
+                return original(*args, **kwargs)
+
+        setattr(obj, attr, wrapper)
+        return original
+
+
+def instrument(model, timer: PieceTimer):
+    """Wrap the model's pieces with the timer (instance attributes: the class is untouched).
+
+    run_encoder called from inside enhanced_targets is attributed to "extra_k_layer_pass";
+    the main run_encoder call to "main_encoder"."""
+    run_encoder = model.run_encoder
+
+    def run_encoder_wrapped(*args, **kwargs):
+        inside_enhanced = any(frame[0] == "enhanced_quantizer+gumbel" for frame in timer._stack)
+        with timer.piece("extra_k_layer_pass" if inside_enhanced else "main_encoder"):
+            return run_encoder(*args, **kwargs)
+
+    model.run_encoder = run_encoder_wrapped
+    encoder_input = model.encoder_input
+
+    def encoder_input_wrapped(*args, **kwargs):
+        inside_enhanced = any(frame[0] == "enhanced_quantizer+gumbel" for frame in timer._stack)
+        with timer.piece("extra_k_layer_pass" if inside_enhanced else "conv_subsampling"):
+            return encoder_input(*args, **kwargs)
+
+    model.encoder_input = encoder_input_wrapped
+    timer.wrap(model.frontend, "forward", "frontend_logmel")
+    timer.wrap(model, "time_mask", "masking_numpy")
+    timer.wrap(model.anchor_quantizer, "forward", "anchor_quantizer")
+    timer.wrap(model.anchor_head, "forward", "heads")
+    if model.enhanced_head is not None:
+        timer.wrap(model.enhanced_head, "forward", "heads")
+        timer.wrap(model, "enhanced_targets", "enhanced_quantizer+gumbel")
+
+
+def breakdown_step(model, criterion, optimizer, sample, timer: PieceTimer) -> Dict[str, float]:
+    """One instrumented training step -> seconds per piece (sums to the step time)."""
+    timer.totals = {}
+    optimizer.zero_grad(set_to_none=True)
+    t0 = time.perf_counter()
+    with timer.piece("other_forward+loss"):
+        loss, _, _ = criterion(model, sample)
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    optimizer.step()
+    t3 = time.perf_counter()
+    model.set_num_updates(model.num_updates + 1)
+    out = dict(timer.totals)
+    out["backward"] = t2 - t1
+    out["optimizer"] = t3 - t2
+    out["total"] = t3 - t0
+    return out
+
+
+def dump_json(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)

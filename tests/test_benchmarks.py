@@ -1,0 +1,155 @@
+"""Structure of the benchmark harness (examples/benchmarks): tiny models, 1-2 steps.
+
+No timing thresholds: only that measurements are made, ratios come from the measured
+times, FLOP counts are positive and reproducible, and the JSON / table / plot get built.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "examples", "benchmarks"))
+
+import bench_lib as B  # noqa: E402
+import label_pipeline as LP  # noqa: E402
+import run as R  # noqa: E402
+
+TINY = dict(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
+            conv_channels=8, conv_pos=8, conv_pos_groups=2, anchor_codebook_size=64,
+            enhanced_codebook_size=64, enhanced_layer=1, mask_length=3, mask_prob=0.4,
+            dropout=0.0, attention_dropout=0.0)
+
+PLAN = dict(quick=True, ratio_model=TINY, ratio_grid=[(2, 1)], nograd_k={2: 1}, ratio_batch=(1, 1.0),
+            ratio_rounds=2, tput=[("tiny", TINY, 1, 1.0, 1)], mm_n=256, scale_model=dict(TINY, encoder_layers=4),
+            scale_len=[0.5, 1.0], scale_batch=[1, 2], scale_batch_seconds=1.0, scale_rounds=1)
+
+
+@pytest.fixture(scope="module")
+def part1():
+    return R.part1_step(PLAN, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():  # module scope: set before the module-scoped part1 fixture runs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_ratio_stats_uses_measured_times():
+    times = {"a": [2.0, 4.0, 3.0], "ref": [1.0, 2.0, 2.0]}
+    r = B.ratio_stats(times, "a", "ref")
+    assert r["ratio"] == pytest.approx(2.0)  # median of 2, 2, 1.5
+    assert r["ratio_of_medians"] == pytest.approx(3.0 / 2.0)
+    assert (r["ratio_min"], r["ratio_max"]) == (1.5, 2.0)
+
+
+def test_interleaved_runs_every_runner_every_round():
+    calls = []
+    times = B.interleaved({"x": lambda: calls.append("x"), "y": lambda: calls.append("y")}, rounds=3, warmup=1)
+    assert calls == ["x", "y", "x", "y", "y", "x", "x", "y"]  # warm-up, then rotated rounds
+    assert {k: len(v) for k, v in times.items()} == {"x": 3, "y": 3}
+
+
+def test_flop_count_positive_and_reproducible():
+    sample = B.make_sample(1, 1.0)
+    counts = []
+    for _ in range(2):
+        model, crit, opt = B.build(B.model_overrides(TINY, "birq"))
+        counts.append(B.count_step_flops(model, crit, opt, sample, seed=3))
+    assert counts[0] > 0 and counts[0] == counts[1]
+    model, crit, opt = B.build(B.model_overrides(TINY, "bestrq"))
+    assert 0 < B.count_step_flops(model, crit, opt, sample, seed=3) < counts[0]
+
+
+def test_grouped_conv_backward_counted_once_per_gradient():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    conv = torch.nn.Conv1d(16, 16, kernel_size=5, padding=2, groups=4)
+    x = torch.randn(2, 16, 30, requires_grad=True)
+    mapping = {torch.ops.aten.convolution_backward: B._conv_backward_flop}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        conv(x).sum().backward()
+    counts = counter.get_flop_counts()["Global"]
+    forward = counts[torch.ops.aten.convolution]
+    assert forward == 2 * 2 * 30 * 16 * (16 // 4) * 5
+    assert counts[torch.ops.aten.convolution_backward] == 2 * forward  # grad input + grad weight
+
+
+def test_part1_rows_and_memory_structure(part1):
+    step = part1
+    assert set(step["times"]) == {"bestrq_L2", "birq_L2_k1", "birq_nograd_L2_k1"}
+    assert all(len(v) == 2 and min(v) > 0 for v in step["times"].values())
+    assert step["flops"]["bestrq_L2"] < step["flops"]["birq_nograd_L2_k1"] < step["flops"]["birq_L2_k1"]
+    memory = {name: B.measure_step_memory(over, 1, 0.5, repeats=1)
+              for name, (_, _, over) in R.ratio_configs(PLAN).items()}
+    for m in memory.values():
+        assert {"step_peak_delta_bytes", "peak_rss_bytes", "baseline_rss_bytes", "params"} <= set(m)
+        assert m["peak_rss_bytes"] >= m["baseline_rss_bytes"] > 0
+    memory = {k: dict(v, step_peak_delta_bytes=max(v["step_peak_delta_bytes"], 1)) for k, v in memory.items()}
+    rows = R.summarize_part1(step, memory, PLAN)
+    assert [r["config"] for r in rows] == ["birq_L2_k1", "birq_nograd_L2_k1"]
+    for r in rows:
+        expected = np.median([a / b for a, b in zip(step["times"][r["config"]], step["times"]["bestrq_L2"])])
+        assert r["step_ratio"] == pytest.approx(expected)
+        assert r["irreducible"] == pytest.approx(1.5) and r["step_target"] == pytest.approx(1.55)
+        assert r["step_pass"] == (r["step_ratio"] <= 1.55)
+        assert r["mem_ratio"] == pytest.approx(r["mem_step_bytes"] / r["bestrq_mem_step_bytes"])
+        assert r["flop_ratio"] == pytest.approx(step["flops"][r["config"]] / step["flops"]["bestrq_L2"])
+
+
+def test_full_result_schema_table_and_plot(tmp_path, part1):
+    step = dict(part1)
+    memory = {name: {"step_peak_delta_bytes": 1000 + i, "peak_rss_bytes": 2, "baseline_rss_bytes": 1, "params": 1}
+              for i, name in enumerate(R.ratio_configs(PLAN))}
+    step["rows"] = R.summarize_part1(step, memory, PLAN)
+    tput = R.part2_throughput(PLAN, log=lambda *_: None)
+    assert [(r["model"], r["variant"]) for r in tput] == [("tiny", "bestrq"), ("tiny", "birq")]
+    assert tput[1]["birq_over_bestrq"] > 0 and tput[1]["step_target"] == pytest.approx(1 + 1 / 2 + 0.05)
+    assert tput[1]["flop_ratio"] == pytest.approx(tput[1]["step_flops"] / tput[0]["step_flops"])
+    for r in tput:
+        assert r["step_flops"] > 0 and r["matmul_rate"] > 0
+        assert r["mm_fraction"] == pytest.approx(r["step_flops"] / r["step_s"] / r["matmul_rate"])
+    scaling = R.part4_scaling(PLAN, log=lambda *_: None)
+    assert [(r["batch"], r["seconds"]) for r in scaling["rows"]] == [(1, 0.5), (1, 1.0), (2, 1.0)]
+    assert [r["sweep"] for r in scaling["rows"]] == ["length", "length+batch", "batch"]
+    for r in scaling["rows"]:
+        b = r["breakdown_s"]
+        for key in ("frontend_logmel", "masking_numpy", "anchor_quantizer", "extra_k_layer_pass",
+                    "enhanced_quantizer+gumbel", "main_encoder", "backward", "optimizer", "total"):
+            assert key in b, key
+        pieces = sum(v for k, v in b.items() if k != "total")
+        assert pieces <= b["total"] * 1.001 + 1e-4
+    labels = {"corpus": "x", "utterances": {"train": 2, "valid": 1}, "audio_seconds": 3.0,
+              "updates_per_hubert_iteration": 1, "birq_updates": 2,
+              "stage_seconds": {"hubert_it1_train": 2.0, "birq_train": 1.0},
+              "disk_bytes": {"hubert_it1_features": 10}, "hubert_disk_bytes": 10,
+              "hubert_total_seconds": 2.0, "birq_total_seconds": 1.0, "ratio_birq_to_hubert": 0.5}
+    res = {"schema": "birq-bench/1", "date": "d", "command": "c", "machine": {}, "step": step,
+           "throughput": tput, "labels": labels, "scaling": scaling}
+    path = tmp_path / "latest.json"
+    B.dump_json(str(path), res)
+    loaded = json.loads(path.read_text())
+    assert {"schema", "date", "command", "machine", "step", "throughput", "labels", "scaling"} <= set(loaded)
+    text = R.tables(loaded)
+    for heading in ("Part 1", "Part 2", "Part 3", "Part 4", "birq_L2_k1", "BiRQ / HuBERT"):
+        assert heading in text
+    R.plot(loaded, str(tmp_path / "latest.png"))
+    assert (tmp_path / "latest.png").stat().st_size > 0
+
+
+def test_kmeans_label_files(tmp_path):
+    feat = np.random.default_rng(0).standard_normal((50, 3)).astype(np.float32)
+    np.save(tmp_path / "train_0_1.npy", feat)
+    (tmp_path / "train_0_1.len").write_text("20\n30\n")
+    LP.learn_kmeans(str(tmp_path / "train_0_1.npy"), str(tmp_path / "km.bin"), 4, n_init=1)
+    LP.dump_labels(str(tmp_path / "train_0_1.npy"), str(tmp_path / "km.bin"), str(tmp_path / "train.km"))
+    lines = (tmp_path / "train.km").read_text().splitlines()
+    assert [len(line.split()) for line in lines] == [20, 30]
+    assert all(0 <= int(x) < 4 for line in lines for x in line.split())
