@@ -35,6 +35,12 @@ class BirqCriterionConfig(FairseqDataclass):
     baseline_ema_decay: float = field(
         default=0.99, metadata={"help": "EMA decay of the lower-level loss whose running minimum is v^"}
     )
+    diversity_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of wav2vec 2.0's codebook-diversity penalty (V - perplexity) / V on the "
+                  "enhanced stream's mean soft code distribution; an anti-collapse option beyond the "
+                  "reconstructed method (0 = off; acts only with model.enhanced_label_grad=true)"},
+    )
 
 
 def validate_criterion_config(cfg: BirqCriterionConfig) -> None:
@@ -45,6 +51,8 @@ def validate_criterion_config(cfg: BirqCriterionConfig) -> None:
         problems.append(f"criterion.gamma_final={cfg.gamma_final} must be >= 0")
     if cfg.gamma_ramp_updates < 0:
         problems.append(f"criterion.gamma_ramp_updates={cfg.gamma_ramp_updates} must be >= 0")
+    if cfg.diversity_weight < 0:
+        problems.append(f"criterion.diversity_weight={cfg.diversity_weight} must be >= 0")
     if not 0 <= cfg.baseline_ema_decay < 1:
         problems.append(f"criterion.baseline_ema_decay={cfg.baseline_ema_decay} must be in [0, 1)")
     if problems:
@@ -126,6 +134,12 @@ class BirqCriterion(FairseqCriterion):
             gamma = self.gamma_at(model.num_updates)
             baseline = self._lower_loss_baseline(model, lower, frames)
             loss = upper + gamma * (lower - baseline * frames)
+            if self.cfg.diversity_weight > 0:
+                probs = net_output["enhanced_code_probs"]
+                perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-9))).sum(-1)).mean()
+                diversity = (probs.size(-1) - perplexity) / probs.size(-1)
+                loss = loss + self.cfg.diversity_weight * diversity * frames
+                logging_output["enhanced_diversity"] = float(diversity.detach()) * frames
             logging_output.update(
                 enhanced_loss=float(enhanced_sum.detach()),
                 enhanced_correct=int((enhanced_logits.argmax(-1) == target_labels).sum()),
@@ -165,6 +179,9 @@ class BirqCriterion(FairseqCriterion):
         if any("penalty_gap" in log for log in logging_outputs):
             metrics.log_scalar("penalty_gap", total("penalty_gap") / sample_size / math.log(2),
                                sample_size, round=4)
+            if any("enhanced_diversity" in log for log in logging_outputs):
+                metrics.log_scalar("enhanced_diversity", total("enhanced_diversity") / sample_size,
+                                   sample_size, round=4)
             for key in ("gamma", "gumbel_temp"):
                 metrics.log_scalar(key, total(key) / outputs, 0, round=4)
         metrics.log_speed("audio_sec_per_sec", total("audio_seconds"), round=1)

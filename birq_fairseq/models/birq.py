@@ -351,11 +351,13 @@ class BirqModel(BaseFairseqModel):
             x = self.encoder.layer_norm(x)
         return x, layer_results
 
-    def enhanced_targets(self, feats, step_padding, loss_frames) -> torch.Tensor:
+    def enhanced_targets(self, feats, step_padding, loss_frames) -> Tuple[torch.Tensor, torch.Tensor]:
         """Label generator: layers 1..k on the unmasked input -> straight-through one-hots.
 
-        Returns (M, num_codebooks, codebook_size): one-hot in the forward pass, the
-        Gumbel-softmax gradient in the backward pass (when enhanced_label_grad).
+        Returns the targets (M, num_codebooks, codebook_size): one-hot in the forward
+        pass, the Gumbel-softmax gradient in the backward pass (when enhanced_label_grad);
+        and the batch's mean soft code distribution (num_codebooks, codebook_size), for
+        the criterion's optional diversity penalty.
         """
         generator = (self.subsampling, self.layer_norm, self.dropout_input, self.encoder)
         dropout_ctx = contextlib.nullcontext() if self.cfg.enhanced_dropout else _eval_mode(*generator)
@@ -365,7 +367,8 @@ class BirqModel(BaseFairseqModel):
             h = F.layer_norm(h[loss_frames].float(), (h.size(-1),))
             logits = self.enhanced_quantizer.similarity(h) / self.cfg.similarity_temp
             with torch.autocast(device_type=logits.device.type, enabled=False):
-                return F.gumbel_softmax(logits.float(), tau=self.gumbel_temperature, hard=True)
+                targets = F.gumbel_softmax(logits.float(), tau=self.gumbel_temperature, hard=True)
+                return targets, logits.float().softmax(-1).mean(0)
 
     # ----------------------------------------------------------------- forward
     def forward(
@@ -382,7 +385,8 @@ class BirqModel(BaseFairseqModel):
         features_only: {"x": (B, T', D), "padding_mask": (B, T'), "layer_results", "mask_indices"}.
         Otherwise, on the M masked frames: {"anchor_logits": (M, Na, Va), "anchor_labels":
         (M, Na)} and, with the enhanced stream, {"enhanced_logits": (M, Ne, Ve),
-        "enhanced_targets": (M, Ne, Ve) straight-through one-hots}.
+        "enhanced_targets": (M, Ne, Ve) straight-through one-hots, "enhanced_code_probs":
+        (Ne, Ve) the batch's mean soft code distribution}.
         """
         feats, frame_lengths = self.frontend(source, padding_mask)
         batch, frames, n_mels = feats.shape
@@ -408,9 +412,9 @@ class BirqModel(BaseFairseqModel):
         loss_frames = mask_indices
         # The label generator runs first so that autograd runs its backward last, after
         # the main pass's activations are freed: lower peak memory, same gradients.
-        enhanced_targets = None
+        enhanced = None
         if not features_only and self.enhanced_quantizer is not None:
-            enhanced_targets = self.enhanced_targets(feats, step_padding, loss_frames)
+            enhanced = self.enhanced_targets(feats, step_padding, loss_frames)
 
         x = self.encoder_input(masked_feats)
         if mask:
@@ -431,7 +435,7 @@ class BirqModel(BaseFairseqModel):
         if self.enhanced_quantizer is not None:
             result["enhanced_logits"] = self.enhanced_head(predicted).view(
                 -1, self.cfg.enhanced_num_codebooks, self.cfg.enhanced_codebook_size)
-            result["enhanced_targets"] = enhanced_targets
+            result["enhanced_targets"], result["enhanced_code_probs"] = enhanced
         return result
 
     def extract_features(self, source, padding_mask, mask=False, layer=None, corpus_key=None):
