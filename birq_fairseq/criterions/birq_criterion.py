@@ -135,7 +135,7 @@ class BirqCriterion(FairseqCriterion):
             baseline = self._lower_loss_baseline(model, lower, frames)
             loss = upper + gamma * (lower - baseline * frames)
             if self.cfg.diversity_weight > 0:
-                probs = net_output["enhanced_code_probs"]
+                probs = net_output["enhanced_code_logits"].softmax(-1).mean(0)  # (Ne, Ve)
                 perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-9))).sum(-1)).mean()
                 diversity = (probs.size(-1) - perplexity) / probs.size(-1)
                 loss = loss + self.cfg.diversity_weight * diversity * frames

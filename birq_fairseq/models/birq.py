@@ -356,8 +356,8 @@ class BirqModel(BaseFairseqModel):
 
         Returns the targets (M, num_codebooks, codebook_size): one-hot in the forward
         pass, the Gumbel-softmax gradient in the backward pass (when enhanced_label_grad);
-        and the batch's mean soft code distribution (num_codebooks, codebook_size), for
-        the criterion's optional diversity penalty.
+        and the fp32 code logits they were drawn from (same shape; already in the graph),
+        for the criterion's optional diversity penalty.
         """
         generator = (self.subsampling, self.layer_norm, self.dropout_input, self.encoder)
         dropout_ctx = contextlib.nullcontext() if self.cfg.enhanced_dropout else _eval_mode(*generator)
@@ -367,8 +367,8 @@ class BirqModel(BaseFairseqModel):
             h = F.layer_norm(h[loss_frames].float(), (h.size(-1),))
             logits = self.enhanced_quantizer.similarity(h) / self.cfg.similarity_temp
             with torch.autocast(device_type=logits.device.type, enabled=False):
-                targets = F.gumbel_softmax(logits.float(), tau=self.gumbel_temperature, hard=True)
-                return targets, logits.float().softmax(-1).mean(0)
+                logits = logits.float()
+                return F.gumbel_softmax(logits, tau=self.gumbel_temperature, hard=True), logits
 
     # ----------------------------------------------------------------- forward
     def forward(
@@ -385,8 +385,8 @@ class BirqModel(BaseFairseqModel):
         features_only: {"x": (B, T', D), "padding_mask": (B, T'), "layer_results", "mask_indices"}.
         Otherwise, on the M masked frames: {"anchor_logits": (M, Na, Va), "anchor_labels":
         (M, Na)} and, with the enhanced stream, {"enhanced_logits": (M, Ne, Ve),
-        "enhanced_targets": (M, Ne, Ve) straight-through one-hots, "enhanced_code_probs":
-        (Ne, Ve) the batch's mean soft code distribution}.
+        "enhanced_targets": (M, Ne, Ve) straight-through one-hots, "enhanced_code_logits":
+        (M, Ne, Ve) the logits they were drawn from}.
         """
         feats, frame_lengths = self.frontend(source, padding_mask)
         batch, frames, n_mels = feats.shape
@@ -435,7 +435,7 @@ class BirqModel(BaseFairseqModel):
         if self.enhanced_quantizer is not None:
             result["enhanced_logits"] = self.enhanced_head(predicted).view(
                 -1, self.cfg.enhanced_num_codebooks, self.cfg.enhanced_codebook_size)
-            result["enhanced_targets"], result["enhanced_code_probs"] = enhanced
+            result["enhanced_targets"], result["enhanced_code_logits"] = enhanced
         return result
 
     def extract_features(self, source, padding_mask, mask=False, layer=None, corpus_key=None):
