@@ -316,3 +316,18 @@ def test_diversity_penalty_pushes_enhanced_codes_apart():
     g_plain = torch.autograd.grad(loss, layer0, allow_unused=True)
     g_div = torch.autograd.grad(loss_d, layer0, allow_unused=True)
     assert sum((a - b).abs().sum() for a, b in zip(g_plain, g_div)) > 0
+
+
+@pytest.mark.parametrize("pos_enc_type", ["abs", "rel_pos"])
+def test_conformer_encoder_trains_both_streams(pos_enc_type):
+    model = build(layer_type="conformer", pos_enc_type=pos_enc_type, depthwise_conv_kernel_size=7,
+                  attn_type="espnet" if pos_enc_type == "rel_pos" else "")
+    model.train()
+    criterion = BirqCriterion(BirqCriterionConfig(), _Task())
+    loss, frames, log = criterion(model, batch())
+    loss.backward()
+    assert torch.isfinite(loss) and frames > 0
+    first_layer_grad = sum(p.grad.abs().sum() for p in model.encoder.layers[0].parameters() if p.grad is not None)
+    assert first_layer_grad > 0
+    res = model.extract_features(**batch()["net_input"], mask=False)
+    assert res["x"].shape[-1] == model.cfg.encoder_embed_dim

@@ -132,6 +132,17 @@ class BirqConfig(FairseqDataclass):
     quantizer_seed: int = field(default=1234, metadata={"help": "seed of both random quantizers"})
 
 
+class RelPosConformerEncoder(ConformerEncoder):
+    """fairseq's ConformerEncoder (relative/rotary positions), buildable.
+
+    Its parent's __init__ calls ``build_encoder_layer(args, layer_idx=i)``, which the
+    Conformer override does not accept in this fairseq snapshot.
+    """
+
+    def build_encoder_layer(self, args, **kwargs):
+        return super().build_encoder_layer(args)
+
+
 def span_mask(shape, padding_mask, prob, length, selection, other, **kwargs) -> torch.Tensor:
     """fairseq's compute_mask_indices, made reproducible.
 
@@ -273,7 +284,7 @@ class BirqModel(BaseFairseqModel):
         self.layer_norm = LayerNorm(embed_dim)
         self.dropout_input = nn.Dropout(cfg.dropout_input)
         if cfg.layer_type == "conformer" and cfg.pos_enc_type in ("rel_pos", "rope"):
-            self.encoder = ConformerEncoder(cfg)
+            self.encoder = RelPosConformerEncoder(cfg)
         else:
             self.encoder = TransformerEncoder(cfg)
 
