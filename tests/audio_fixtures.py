@@ -1,7 +1,7 @@
 """Small synthetic audio corpora written as fairseq manifests (no TTS needed)."""
 
 import os
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import soundfile as sf

@@ -5,7 +5,6 @@ files import (tiny in-process model/criterion, tiny corpora, ``fairseq-hydra-tra
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import subprocess

@@ -16,7 +16,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import soundfile as sf
