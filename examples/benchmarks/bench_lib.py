@@ -49,7 +49,8 @@ TINY = dict(
 # every step runs the same layers (timing, FLOP count), fp32 (CPU).
 BASE = dict(
     encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12,
-    conv_channels=128, encoder_layerdrop=0.0, dropout_input=0.1, mask_prob=0.4, mask_length=10,
+    conv_channels=128, conv_pos=64, conv_pos_groups=16, encoder_layerdrop=0.0, dropout_input=0.1,
+    mask_prob=0.4, mask_length=10,
     anchor_codebook_size=8192, enhanced_codebook_size=8192, enhanced_layer=6,
 )
 

@@ -1,0 +1,333 @@
+#!/usr/bin/env python
+"""Multi-seed comparison BiRQ / BEST-RQ / no pretraining, plus BiRQ ablations -> RESULTS.md.
+
+    .venv/bin/python examples/demo/run_results.py                       # make results
+    .venv/bin/python examples/demo/run_results.py --preset large --seeds 1 2 3
+    .venv/bin/python examples/demo/run_results.py --preset quick --seeds 1 2 --ablations k1 stopgrad
+
+Each seed is one full demo pipeline (examples/demo/demo_lib.py: corpus, pretraining of
+BiRQ and BEST-RQ with the same budget, the untrained init, CTC finetuning of all three,
+fairseq-generate WER on seen and unseen voices) in OUT/seed<N>; ablations are BiRQ-only
+pretraining runs (seed of the first seed, same budget) in OUT/ablations/<name>, with
+finetuning and decoding too unless --ablation-pretrain-only. Everything is resumable:
+rerunning skips finished stages. RESULTS.md is rewritten from the run directories each
+time; the hand-written analysis is kept in examples/demo/results_analysis.md and included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import demo_lib as D  # noqa: E402
+
+# name -> (description, extra BiRQ overrides); {U} = pretraining updates. Keys that
+# examples/pretrain/tiny_birq.yaml does not set need hydra's "+" prefix.
+ABLATIONS = OrderedDict([
+    ("k1", ("label generator k=1 (first layer) instead of k=2", ["model.enhanced_layer=1"])),
+    ("k4", ("label generator k=4 (all layers) instead of k=2", ["model.enhanced_layer=4"])),
+    ("stopgrad", ("no gradient through the enhanced labels (HuBERT-like online self-labelling)",
+                  ["+model.enhanced_label_grad=false"])),
+    ("gamma10", ("penalty weight gamma=10 (anchor dominates)", ["criterion.gamma=10.0"])),
+    ("gamma_ramp", ("gamma ramped 1 -> 10 over training", ["criterion.gamma=1.0", "+criterion.gamma_final=10.0",
+                                                            "+criterion.gamma_ramp_updates={U}"])),
+    ("hot_gumbel", ("Gumbel temperature fixed at 2 (no annealing)", ["model.gumbel_temp=[2.0,2.0,1.0]"])),
+    ("simtemp1", ("cosine-similarity temperature tau_c=1 instead of 0.1", ["+model.similarity_temp=1.0"])),
+    ("codebook16", ("enhanced codebook of 16 entries instead of 256", ["model.enhanced_codebook_size=16"])),
+    ("diversity", ("codebook-diversity penalty on the enhanced codes, weight 0.5 (not in the method)",
+                   ["+criterion.diversity_weight=0.5"])),
+    ("upper_anchor", ("levels swapped: anchor loss is the upper level, enhanced the lower",
+                      ["+criterion.upper_stream=anchor"])),
+])
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=list(D.PRESETS), default="default")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--out", default=None, help="default results_runs/<preset>")
+    p.add_argument("--corpus-dir", default=None, help="default data/tts_<corpus preset>")
+    p.add_argument("--corpus-preset", default=None)
+    p.add_argument("--pretrain-updates", type=int, default=None)
+    p.add_argument("--finetune-updates", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--ablations", nargs="*", default=["stopgrad", "gamma10", "hot_gumbel"],
+                   help=f"BiRQ ablations to run ({', '.join(ABLATIONS)}); none: --ablations")
+    p.add_argument("--ablation-pretrain-only", action="store_true", help="ablations: pretraining diagnostics only")
+    p.add_argument("--results-md", default=str(D.REPO / "RESULTS.md"))
+    p.add_argument("--plots-dir", default=str(D.REPO / "examples" / "demo" / "results"),
+                   help="where RESULTS.md's plots are copied (kept in the repository)")
+    p.add_argument("--report-only", action="store_true", help="only rewrite RESULTS.md from finished runs")
+    p.add_argument("--ablations-only", action="store_true",
+                   help="run only the ablations (e.g. in parallel with a seeds-only invocation); no report")
+    return p
+
+
+def resolve(args) -> dict:
+    preset = dict(D.PRESETS[args.preset])
+    for key in ("pretrain_updates", "finetune_updates", "max_tokens"):
+        if getattr(args, key) is not None:
+            preset[key] = getattr(args, key)
+    if args.corpus_preset:
+        preset["corpus"] = args.corpus_preset
+    return preset
+
+
+def final_diagnostics(log_path: Path) -> dict:
+    if not Path(log_path).exists():
+        return {}
+    parsed = D.parse_fairseq_log(log_path)
+    out = {}
+    if parsed["train"]:
+        last = parsed["train"][-1]
+        out["train"] = {k: last.get(k) for k in ("num_updates", "anchor_acc", "anchor_code_ppl", "enhanced_acc",
+                                                 "enhanced_code_ppl", "gumbel_temp", "gamma", "penalty_gap")}
+        ppl = [r.get("enhanced_code_ppl") for r in parsed["train"] if r.get("enhanced_code_ppl") is not None]
+        out["enhanced_code_ppl_min"] = min(ppl) if ppl else None
+        out["enhanced_code_ppl_first"] = ppl[0] if ppl else None
+    if parsed["valid"]:
+        last = parsed["valid"][-1]
+        out["valid"] = {k: last.get(k) for k in ("num_updates", "anchor_acc", "enhanced_acc", "enhanced_code_ppl")}
+    return out
+
+
+def fmt(v, nd=3):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def write_results_md(args, preset, out: Path, seed_runs, ablation_runs, corpus, commands, plots_dir: Path) -> None:
+    md_dir = Path(args.results_md).resolve().parent
+    rel_plots = Path(os.path.relpath(plots_dir, md_dir))
+    lines = []
+    add = lines.append
+    add("# Results: BiRQ vs BEST-RQ vs no pretraining (synthesised multi-voice corpus, CPU)\n")
+    add(f"Generated by `examples/demo/run_results.py` on {time.strftime('%Y-%m-%d %H:%M %Z')} from the run "
+        f"directories under `{out.relative_to(D.REPO) if out.is_relative_to(D.REPO) else out}`. "
+        "Every number below comes from a real run in this repository on the project's 2-core CPU machine.\n")
+    add("## Scale actually run\n")
+    add(f"- preset `{args.preset}`: {json.dumps({k: v for k, v in preset.items() if k != 'model'})}")
+    add(f"- model (same for every system): {json.dumps(preset['model'])} "
+        "(examples/pretrain/tiny_birq.yaml otherwise; BEST-RQ = `model.enhanced_stream=false`)")
+    add(f"- seeds: {', '.join(str(s) for s in seed_runs)} (training seed of pretraining and finetuning; the corpus "
+        f"is seed {corpus.get('seed')})")
+    add("- this is a small-scale demonstration, not a reproduction of the paper's LibriSpeech numbers. Larger runs: "
+        "`make results` with bigger settings, e.g. `run_results.py --preset large --seeds 1 2 3`.\n")
+
+    results = OrderedDict()
+    for seed, run in seed_runs.items():
+        for system, per_test in run["results"].items():
+            for test, r in per_test.items():
+                results.setdefault(system, OrderedDict()).setdefault(test, []).append(r)
+    add("## WER (%) on seen and unseen voices, mean ± std over seeds\n")
+    add("Greedy CTC decoding by `fairseq-generate --task birq_finetuning --scoring wer --post-process letter`, "
+        "checkpoint_last of each finetuning run.\n")
+    add(D.wer_table(results, "wer") + "\n")
+    add("Character error rate of the same decodes (computed from fairseq-generate's H-/T- lines):\n")
+    add(D.wer_table(results, "cer") + "\n")
+    add("Per seed (WER / CER):\n")
+    add("| seed | system | seen WER | unseen WER | seen CER | unseen CER |")
+    add("| ---: | --- | ---: | ---: | ---: | ---: |")
+    for seed, run in seed_runs.items():
+        for system in D.SYSTEMS:
+            r = run["results"].get(system)
+            if r:
+                add(f"| {seed} | {D.SYSTEM_LABELS[system]} | {r['test_seen']['wer']:.1f} | "
+                    f"{r['test_unseen']['wer']:.1f} | {r['test_seen']['cer']:.1f} | {r['test_unseen']['cer']:.1f} |")
+    add("")
+    add(f"![WER]({rel_plots}/wer.png) ![CER]({rel_plots}/cer.png)\n")
+
+    add("## Pretraining diagnostics (end of pretraining, last logged training interval)\n")
+    add("| seed | system | anchor acc | anchor code ppl | enhanced acc | enhanced code ppl (first → min → last) | "
+        "valid enhanced code ppl |")
+    add("| ---: | --- | ---: | ---: | ---: | --- | ---: |")
+    for seed, run in seed_runs.items():
+        for system in ("bestrq", "birq"):
+            d = run["diagnostics"].get(system) or {}
+            t, v = d.get("train", {}), d.get("valid", {})
+            enh = (f"{fmt(d.get('enhanced_code_ppl_first'))} → {fmt(d.get('enhanced_code_ppl_min'))} → "
+                   f"{fmt(t.get('enhanced_code_ppl'))}" if t.get("enhanced_code_ppl") is not None else "–")
+            add(f"| {seed} | {D.SYSTEM_LABELS[system]} | {fmt(t.get('anchor_acc'))} | {fmt(t.get('anchor_code_ppl'))} "
+                f"| {fmt(t.get('enhanced_acc'))} | {enh} | {fmt(v.get('enhanced_code_ppl'))} |")
+    add("")
+    add(f"![pretraining curves]({rel_plots}/pretraining_curves.png)\n")
+
+    if ablation_runs:
+        add("## BiRQ ablations (seed %d, same pretraining budget)\n" % next(iter(seed_runs)))
+        add("| run | change | enhanced code ppl (first → min → last) | enhanced acc | anchor acc | "
+            "WER seen | WER unseen | CER seen | CER unseen |")
+        add("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        first_seed = next(iter(seed_runs))
+        base = seed_runs[first_seed]
+        rows = [("BiRQ (reference)", "as above", base["diagnostics"].get("birq") or {}, base["results"].get("birq"))]
+        rows += [(name, ABLATIONS[name][0], run["diagnostics"].get("birq") or {}, run["results"].get("birq"))
+                 for name, run in ablation_runs.items()]
+        for name, desc, d, r in rows:
+            t = d.get("train", {})
+            enh = (f"{fmt(d.get('enhanced_code_ppl_first'))} → {fmt(d.get('enhanced_code_ppl_min'))} → "
+                   f"{fmt(t.get('enhanced_code_ppl'))}")
+            w = (lambda test, m: f"{r[test][m]:.1f}" if r and test in r else "–")
+            add(f"| {name} | {desc} | {enh} | {fmt(t.get('enhanced_acc'))} | {fmt(t.get('anchor_acc'))} | "
+                f"{w('test_seen', 'wer')} | {w('test_unseen', 'wer')} | {w('test_seen', 'cer')} | "
+                f"{w('test_unseen', 'cer')} |")
+        add("")
+        add(f"![ablation curves]({rel_plots}/ablation_curves.png)\n")
+
+    analysis = D.REPO / "examples" / "demo" / "results_analysis.md"
+    if analysis.exists():
+        add(analysis.read_text().rstrip() + "\n")
+
+    add("## Corpus (from corpus.json)\n")
+    add(f"`{corpus.get('_dir')}`: preset `{corpus.get('size')}`, seed {corpus.get('seed')}, "
+        f"{corpus.get('total_utterances')} utterances, {corpus.get('total_hours')} h; "
+        f"engines {json.dumps(corpus.get('engine_versions', {}))}.\n")
+    add("| split | utterances | hours | mean s | labelled | voices |")
+    add("| --- | ---: | ---: | ---: | --- | ---: |")
+    for split, st in (corpus.get("splits") or {}).items():
+        add(f"| {split} | {st['utterances']} | {st['hours']} | {st['mean_seconds']} | {st['labelled']} | "
+            f"{len(st.get('voices', {}))} |")
+    add(f"\nSeen voices ({len(corpus.get('seen_voices', []))}): {', '.join(corpus.get('seen_voices', []))}.\n")
+    add(f"Unseen voices ({len(corpus.get('unseen_voices', []))}, only in test_unseen): "
+        f"{', '.join(corpus.get('unseen_voices', []))}.\n")
+
+    add("## Timings (wall seconds / CPU seconds of the fairseq subprocesses)\n")
+    add("Measured while other jobs shared the 2 cores, so wall times are pessimistic; CPU seconds are the "
+        "better estimate of an unloaded run.\n")
+    add("| run | stage | wall s | CPU s |")
+    add("| --- | --- | ---: | ---: |")
+    for name, run in list(seed_runs.items()) + list(ablation_runs.items()):
+        total_w = total_c = 0.0
+        for stage, t in run["timings"].items():
+            add(f"| {name} | {stage} | {t['wall_seconds'] or 0:.0f} | {t['cpu_seconds'] or 0:.0f} |")
+            total_w += t["wall_seconds"] or 0
+            total_c += t["cpu_seconds"] or 0
+        add(f"| {name} | **total** | **{total_w:.0f}** | **{total_c:.0f}** |")
+    add("")
+    add("## Exact commands\n")
+    add("This report was written by:\n")
+    add("```")
+    add(" ".join(shlex.quote(a) for a in [".venv/bin/python", "examples/demo/run_results.py"] + sys.argv[1:]))
+    add("```\n")
+    add("Each stage's fairseq command (seed %d; other seeds differ only in `common.seed` and directories):\n"
+        % next(iter(seed_runs)))
+    add("```")
+    for c in commands:
+        add(c.replace(str(D.REPO) + "/", ""))
+    add("```")
+    Path(args.results_md).write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    preset = resolve(args)
+    out = Path(args.out or D.REPO / "results_runs" / args.preset).resolve()
+    corpus_dir = Path(args.corpus_dir or D.REPO / "data" / f"tts_{preset['corpus']}").resolve()
+    plots_dir = Path(args.plots_dir).resolve()
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    unknown = [a for a in args.ablations if a not in ABLATIONS]
+    if unknown:
+        print(f"run_results: unknown ablations {unknown}; choose from {list(ABLATIONS)}", file=sys.stderr)
+        return 2
+    clock = D.Clock()
+    D.banner(clock, f"BiRQ results: preset {args.preset}, seeds {args.seeds}, ablations {args.ablations} -> {out}")
+
+    seed_runs, ablation_runs = OrderedDict(), OrderedDict()
+    corpus, commands = {}, []
+    try:
+        for seed in ([] if args.ablations_only else args.seeds):
+            pipe = D.Pipeline(out / f"seed{seed}", preset, corpus_dir, preset["corpus"], seed=seed, clock=clock,
+                              threads=args.threads)
+            if args.report_only and not (out / f"seed{seed}" / "stages").exists():
+                continue
+            D.banner(clock, f"seed {seed}")
+            summary = pipe.run() if not args.report_only else pipe.collect()
+            corpus = summary["corpus"]
+            seed_runs[seed] = {
+                "results": summary["results"], "timings": summary["timings"],
+                "diagnostics": {s: final_diagnostics(pipe.out / "pretrain" / s / "train.log") for s in ("birq", "bestrq")},
+                "logs": pipe.pretrain_logs(),
+            }
+            if not commands:  # in the order the stages ran
+                markers = [pipe.stages.load(p.stem) for p in pipe.stages.dir.glob("*.json")]
+                markers = sorted((m for m in markers if m and m.get("command")), key=lambda m: m.get("finished", ""))
+                commands = [m["command"] for m in markers]
+        first = args.seeds[0]
+        for name in args.ablations:
+            extra = [o.replace("{U}", str(preset["pretrain_updates"])) for o in ABLATIONS[name][1]]
+            pipe = D.Pipeline(out / "ablations" / name, preset, corpus_dir, preset["corpus"], seed=first, clock=clock,
+                              threads=args.threads, birq_overrides=extra, systems=["birq"])
+            if args.report_only and not (pipe.out / "stages").exists():
+                continue
+            D.banner(clock, f"ablation {name}: {ABLATIONS[name][0]}")
+            if args.report_only:
+                summary = pipe.collect()
+            elif args.ablation_pretrain_only:
+                summary = pipe.run(pretrain_only=True)
+            else:
+                summary = pipe.run()
+            ablation_runs[name] = {
+                "results": summary["results"], "timings": summary["timings"],
+                "diagnostics": {"birq": final_diagnostics(pipe.out / "pretrain" / "birq" / "train.log")},
+                "logs": pipe.pretrain_logs(),
+            }
+    except D.StageFailed as e:
+        print(f"\nrun_results: {e}\nrun_results: rerun the same command to resume.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nrun_results: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    if args.ablations_only:
+        D.banner(clock, "ablations done (no report: rerun with --report-only)")
+        return 0
+    if not seed_runs:
+        print("run_results: no finished runs to report", file=sys.stderr)
+        return 1
+
+    D.banner(clock, "report")
+    corpus["_dir"] = str(corpus_dir.relative_to(D.REPO) if corpus_dir.is_relative_to(D.REPO) else corpus_dir)
+    merged = OrderedDict()
+    for run in seed_runs.values():
+        for system, per_test in run["results"].items():
+            for test, r in per_test.items():
+                merged.setdefault(system, OrderedDict()).setdefault(test, []).append(r)
+    D.plot_wer_bars(merged, plots_dir / "wer.png", "wer", f"WER, mean ± std over seeds {list(seed_runs)} "
+                                                           f"({args.preset} preset)")
+    D.plot_wer_bars(merged, plots_dir / "cer.png", "cer", f"CER, mean ± std over seeds {list(seed_runs)} "
+                                                           f"({args.preset} preset)")
+    curves = OrderedDict()
+    for seed, run in seed_runs.items():
+        for name, parsed in run["logs"].items():
+            curves[f"{name} seed {seed}"] = parsed
+    D.plot_pretraining(curves, plots_dir / "pretraining_curves.png",
+                       f"pretraining curves ({args.preset} preset): lines = train, dots = valid")
+    if ablation_runs:
+        abl = OrderedDict([("BiRQ (reference)", seed_runs[first]["logs"].get("BiRQ"))])
+        abl.update((name, run["logs"].get("BiRQ")) for name, run in ablation_runs.items())
+        D.plot_pretraining(OrderedDict((k, v) for k, v in abl.items() if v), plots_dir / "ablation_curves.png",
+                           "BiRQ ablations (seed %d): lines = train, dots = valid" % first)
+    doc = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "preset": args.preset, "settings": preset,
+           "seeds": {s: {k: v for k, v in r.items() if k != "logs"} for s, r in seed_runs.items()},
+           "ablations": {n: {k: v for k, v in r.items() if k != "logs"} for n, r in ablation_runs.items()}}
+    (out / "results.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    write_results_md(args, preset, out, seed_runs, ablation_runs, corpus, commands, plots_dir)
+    print(D.wer_table(merged, "wer"))
+    print()
+    print(D.wer_table(merged, "cer"))
+    print(f"\nwrote {args.results_md}, {out / 'results.json'} and plots in {plots_dir}")
+    D.banner(clock, "done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Fast tests of the demo's own logic (examples/demo/demo_lib.py): fairseq json-log
+parsing, decode-output parsing, WER table assembly, plots, and stage skipping on rerun.
+
+REAL_LOG below is verbatim (minus the model repr and most of the config dump) from
+``common.log_file`` of a real 5-update run:
+
+    fairseq-hydra-train --config-dir examples/pretrain --config-name tiny_birq \
+      common.user_dir=$PWD/birq_fairseq task.data=DATA optimization.max_update=5 \
+      common.log_format=json common.log_interval=1 common.log_file=train.log \
+      dataset.max_tokens=64000 dataset.validate_interval_updates=3
+
+on synthetic audio from tests/audio_fixtures.py (train: 6 utterances seed 0, valid: 2
+seed 1). fairseq re-adds its log-file handler each epoch, so epoch 2's records appear
+twice. ``test_real_run_log_parses`` (opt-in: BIRQ_SLOW_TESTS=1) regenerates such a log.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples" / "demo"))
+sys.path.insert(0, str(REPO / "tests"))
+
+import demo_lib as D  # noqa: E402
+
+REAL_LOG = """{'_name': None, 'common': {'_name': None, 'no_progress_bar': False, 'log_interval': 1, 'log_format': 'json'}}
+task: BirqPretrainingTask
+model: BirqModel
+criterion: BirqCriterion
+num. shared model params: 419,456 (num. trained: 419,456)
+num. expert model params: 0 (num. trained: 0)
+training on 1 devices (GPUs/TPUs)
+max tokens per device = 64000 and max sentences per device = None
+begin dry-run validation on "valid" subset
+Start iterating over samples
+{"epoch": 1, "update": 0.333, "loss": "8.398", "anchor_loss": "8.117", "anchor_acc": "0", "anchor_code_ppl": "16.4", "enhanced_loss": "8.398", "enhanced_acc": "0", "enhanced_code_ppl": "13.8", "penalty_gap": "0", "gamma": "1", "gumbel_temp": "2", "audio_sec_per_sec": "0", "ups": "0", "bsz": "2", "num_updates": "1", "lr": "3.33333e-05", "gnorm": "9.4", "clip": "0", "train_wall": "10", "wall": "30"}
+{"epoch": 1, "update": 0.667, "loss": "8.623", "anchor_loss": "8.529", "anchor_acc": "0", "anchor_code_ppl": "21", "enhanced_loss": "8.212", "enhanced_acc": "0", "enhanced_code_ppl": "21.7", "penalty_gap": "0.4115", "gamma": "1", "gumbel_temp": "1.99", "audio_sec_per_sec": "0.3", "ups": "0.08", "bsz": "2", "num_updates": "2", "lr": "6.66667e-05", "gnorm": "7.886", "clip": "0", "train_wall": "12", "wall": "42"}
+{"epoch": 1, "update": 1.0, "loss": "8.652", "anchor_loss": "8.692", "anchor_acc": "0", "anchor_code_ppl": "20.6", "enhanced_loss": "8.077", "enhanced_acc": "0", "enhanced_code_ppl": "23.3", "penalty_gap": "0.5749", "gamma": "1", "gumbel_temp": "1.9801", "audio_sec_per_sec": "0.3", "ups": "0.08", "bsz": "2", "num_updates": "3", "lr": "0.0001", "gnorm": "6.696", "clip": "0", "train_wall": "13", "wall": "55"}
+begin validation on "valid" subset
+{"epoch": 1, "valid_loss": "8.476", "valid_anchor_loss": "8.418", "valid_anchor_acc": "0", "valid_anchor_code_ppl": "17.7", "valid_enhanced_loss": "8.175", "valid_enhanced_acc": "0", "valid_enhanced_code_ppl": "20.4", "valid_penalty_gap": "0.3005", "valid_gamma": "1", "valid_gumbel_temp": "1.9801", "valid_audio_sec_per_sec": "0", "valid_bsz": "2", "valid_num_updates": "3"}
+end of epoch 1 (average epoch stats below)
+{"epoch": 1, "train_loss": "8.579", "train_anchor_loss": "8.493", "train_anchor_acc": "0", "train_anchor_code_ppl": "19.3", "train_enhanced_loss": "8.204", "train_enhanced_acc": "0", "train_enhanced_code_ppl": "19.6", "train_penalty_gap": "0.3753", "train_gamma": "1", "train_gumbel_temp": "1.9801", "train_audio_sec_per_sec": "0.2", "train_ups": "0.06", "train_bsz": "2", "train_num_updates": "3", "train_lr": "0.0001", "train_gnorm": "7.994", "train_clip": "0", "train_train_wall": "35", "train_wall": "61"}
+Start iterating over samples
+{"epoch": 2, "update": 1.333, "loss": "8.072", "anchor_loss": "8.084", "anchor_acc": "0", "anchor_code_ppl": "28.6", "enhanced_loss": "8.106", "enhanced_acc": "0", "enhanced_code_ppl": "26.1", "penalty_gap": "-0.0336", "gamma": "1", "gumbel_temp": "1.9701", "audio_sec_per_sec": "0.2", "ups": "0.06", "bsz": "2", "num_updates": "4", "lr": "0.000133333", "gnorm": "6.119", "clip": "0", "train_wall": "11", "wall": "73"}
+{"epoch": 2, "update": 1.333, "loss": "8.072", "anchor_loss": "8.084", "anchor_acc": "0", "anchor_code_ppl": "28.6", "enhanced_loss": "8.106", "enhanced_acc": "0", "enhanced_code_ppl": "26.1", "penalty_gap": "-0.0336", "gamma": "1", "gumbel_temp": "1.9701", "audio_sec_per_sec": "0.2", "ups": "0.06", "bsz": "2", "num_updates": "4", "lr": "0.000133333", "gnorm": "6.119", "clip": "0", "train_wall": "11", "wall": "73"}
+{"epoch": 2, "update": 1.667, "loss": "7.732", "anchor_loss": "8.028", "anchor_acc": "0", "anchor_code_ppl": "25.6", "enhanced_loss": "7.821", "enhanced_acc": "0.0303", "enhanced_code_ppl": "33", "penalty_gap": "-0.0894", "gamma": "1", "gumbel_temp": "1.9603", "audio_sec_per_sec": "0.4", "ups": "0.11", "bsz": "2", "num_updates": "5", "lr": "0.000166667", "gnorm": "5.968", "clip": "0", "train_wall": "9", "wall": "82"}
+{"epoch": 2, "update": 1.667, "loss": "7.732", "anchor_loss": "8.028", "anchor_acc": "0", "anchor_code_ppl": "25.6", "enhanced_loss": "7.821", "enhanced_acc": "0.0303", "enhanced_code_ppl": "33", "penalty_gap": "-0.0894", "gamma": "1", "gumbel_temp": "1.9603", "audio_sec_per_sec": "0.4", "ups": "0.11", "bsz": "2", "num_updates": "5", "lr": "0.000166667", "gnorm": "5.968", "clip": "0", "train_wall": "9", "wall": "82"}
+Stopping training due to num_updates: 5 >= max_update: 5
+begin validation on "valid" subset
+{"epoch": 2, "valid_loss": "8.399", "valid_anchor_loss": "8.564", "valid_anchor_acc": "0", "valid_anchor_code_ppl": "19.4", "valid_enhanced_loss": "7.951", "valid_enhanced_acc": "0", "valid_enhanced_code_ppl": "16.1", "valid_penalty_gap": "0.4472", "valid_gamma": "1", "valid_gumbel_temp": "1.9603", "valid_audio_sec_per_sec": "0", "valid_bsz": "2", "valid_num_updates": "5", "valid_best_loss": "8.399"}
+{"epoch": 2, "valid_loss": "8.399", "valid_anchor_loss": "8.564", "valid_anchor_acc": "0", "valid_anchor_code_ppl": "19.4", "valid_enhanced_loss": "7.951", "valid_enhanced_acc": "0", "valid_enhanced_code_ppl": "16.1", "valid_penalty_gap": "0.4472", "valid_gamma": "1", "valid_gumbel_temp": "1.9603", "valid_audio_sec_per_sec": "0", "valid_bsz": "2", "valid_num_updates": "5", "valid_best_loss": "8.399"}
+end of epoch 2 (average epoch stats below)
+{"epoch": 2, "train_loss": "7.894", "train_anchor_loss": "8.054", "train_anchor_acc": "0", "train_anchor_code_ppl": "27.1", "train_enhanced_loss": "7.957", "train_enhanced_acc": "0.0159", "train_enhanced_code_ppl": "29.6", "train_penalty_gap": "-0.0629", "train_gamma": "1", "train_gumbel_temp": "1.9603", "train_audio_sec_per_sec": "0.3", "train_ups": "0.08", "train_bsz": "2", "train_num_updates": "5", "train_lr": "0.000166667", "train_gnorm": "6.043", "train_clip": "0", "train_train_wall": "21", "train_wall": "87"}
+{"epoch": 2, "train_loss": "7.894", "train_anchor_loss": "8.054", "train_anchor_acc": "0", "train_anchor_code_ppl": "27.1", "train_enhanced_loss": "7.957", "train_enhanced_acc": "0.0159", "train_enhanced_code_ppl": "29.6", "train_penalty_gap": "-0.0629", "train_gamma": "1", "train_gumbel_temp": "1.9603", "train_audio_sec_per_sec": "0.3", "train_ups": "0.08", "train_bsz": "2", "train_num_updates": "5", "train_lr": "0.000166667", "train_gnorm": "6.043", "train_clip": "0", "train_train_wall": "21", "train_wall": "87"}
+done training in 66.3 seconds
+"""
+
+
+@pytest.fixture
+def real_log(tmp_path):
+    path = tmp_path / "train.log"
+    path.write_text(REAL_LOG)
+    return path
+
+
+def test_parse_real_log_dedupes_and_strips_prefixes(real_log):
+    parsed = D.parse_fairseq_log(real_log)
+    assert [r["num_updates"] for r in parsed["train"]] == [1, 2, 3, 4, 5]
+    assert [r["num_updates"] for r in parsed["valid"]] == [3, 5]
+    assert [r["num_updates"] for r in parsed["epoch"]] == [3, 5]
+    # per-interval records keep their own "train_wall" key and are not epoch summaries
+    assert all("update" in r for r in parsed["train"])
+    for kind in ("valid", "epoch"):
+        for r in parsed[kind]:
+            assert "anchor_acc" in r and "enhanced_code_ppl" in r
+            assert not any(k.startswith(("valid_", "train_")) for k in r if k != "train_wall")
+    first = parsed["train"][0]
+    assert first["anchor_code_ppl"] == pytest.approx(16.4)
+    assert first["enhanced_code_ppl"] == pytest.approx(13.8)
+    assert isinstance(first["gumbel_temp"], (int, float))
+    xs, ys = D.curve(parsed["train"], "enhanced_code_ppl")
+    assert xs == [1, 2, 3, 4, 5] and len(ys) == 5 and all(y > 1 for y in ys)
+    assert parsed["valid"][-1]["gamma"] == 1
+
+
+def test_parse_resumed_log_keeps_one_record_per_update(real_log, tmp_path):
+    resumed = tmp_path / "resumed.log"
+    resumed.write_text(REAL_LOG + "garbage line {not json}\n" + REAL_LOG)
+    parsed = D.parse_fairseq_log(resumed)
+    assert [r["num_updates"] for r in parsed["train"]] == [1, 2, 3, 4, 5]
+
+
+def test_progress_line_formats_training_and_validation():
+    prog = D.FairseqProgress("pt", 5, D.Clock())
+    lines = [prog(l) for l in REAL_LOG.splitlines()]
+    shown = [l for l in lines if l]
+    assert any("update 5/5" in l and "enhanced_code_ppl=" in l for l in shown)
+    assert any("validation:" in l for l in shown)
+    assert prog("Start iterating over samples") is None
+
+
+GENERATE = """T-1\tTHE CAT SAT
+H-1\t-3.2\tTHE CAT SAT
+D-1\t-3.2\tTHE CAT SAT
+T-0\tHELLO WORLD
+H-0\t-5.1\tHELO
+D-0\t-5.1\tHELO
+Generate test_seen with beam=5: WER: 40.00
+"""
+
+
+def test_parse_generate_output(tmp_path):
+    path = tmp_path / "generate-test_seen.txt"
+    path.write_text(GENERATE)
+    r = D.parse_generate_output(path)
+    assert r["wer"] == 40.0
+    assert r["wer_check"] == pytest.approx(40.0)  # 2 errors / 5 words
+    # chars: "HELLO WORLD" (11) vs "HELO": 7 edits; "THE CAT SAT" exact -> 7 / 22
+    assert r["cer"] == pytest.approx(100 * 7 / 22)
+    assert r["utterances"] == 2 and r["words"] == 5
+    path.write_text(GENERATE.rsplit("\n", 2)[0])
+    with pytest.raises(ValueError):
+        D.parse_generate_output(path)
+
+
+def test_wer_table_rows_columns_and_seed_statistics():
+    single = {"birq": {"test_seen": {"wer": 30.0}, "test_unseen": {"wer": 45.5}},
+              "none": {"test_seen": {"wer": 90.0}, "test_unseen": {"wer": 95.0}},
+              "bestrq": {"test_seen": {"wer": 35.25}, "test_unseen": {"wer": 50.0}}}
+    table = D.wer_table(single).splitlines()
+    assert [l.split("|")[1].strip() for l in table[2:]] == ["no pretraining", "BEST-RQ", "BiRQ"]
+    assert table[4] == "| BiRQ | 30.0 | 45.5 |"
+    assert "seen" in table[0] and "unseen" in table[0]
+    multi = {"birq": {"test_seen": [{"wer": 10.0}, {"wer": 20.0}], "test_unseen": [{"wer": 30.0}]}}
+    row = D.wer_table(multi).splitlines()[2]
+    assert "15.0 ± 7.1 (n=2)" in row and "30.0 ± 0.0 (n=1)" in row
+    assert D.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+
+
+def test_plots_are_written(real_log, tmp_path):
+    parsed = D.parse_fairseq_log(real_log)
+    D.plot_pretraining({"BiRQ": parsed, "BEST-RQ": parsed}, tmp_path / "curves.png")
+    D.plot_wer_bars({"none": {"test_seen": {"wer": 90.0}, "test_unseen": {"wer": 95.0}},
+                     "birq": {"test_seen": [{"wer": 10.0}, {"wer": 20.0}], "test_unseen": [{"wer": 30.0}]}},
+                    tmp_path / "wer.png")
+    for name in ("curves.png", "wer.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_run_stage_skips_finished_and_reruns_changed_or_missing(tmp_path):
+    stages = D.Stages(tmp_path / "stages")
+    out = tmp_path / "ckpt.pt"
+    calls = []
+
+    def action():
+        calls.append(1)
+        out.write_text("x")
+        return {"result": {"wer": 1.0}}
+
+    clock = D.Clock()
+    m1 = D.run_stage(stages, "s", "sig1", [out], action, clock, "stage")
+    m2 = D.run_stage(stages, "s", "sig1", [out], action, clock, "stage")
+    assert len(calls) == 1 and m2["result"] == m1["result"] == {"wer": 1.0}
+    D.run_stage(stages, "s", "sig2", [out], action, clock, "stage")  # settings changed
+    assert len(calls) == 2
+    out.unlink()  # output deleted
+    D.run_stage(stages, "s", "sig2", [out], action, clock, "stage")
+    assert len(calls) == 3
+
+    def failing():
+        raise D.StageFailed("boom")
+
+    with pytest.raises(D.StageFailed):
+        D.run_stage(stages, "f", "sig", [tmp_path / "never"], failing, clock, "failing")
+    assert stages.load("f")["status"] == "started" and not stages.done("f", "sig")
+    assert "f" not in stages.timings()
+
+    def no_output():
+        return None
+
+    with pytest.raises(RuntimeError):
+        D.run_stage(stages, "g", "sig", [tmp_path / "missing"], no_output, clock, "no output")
+    assert not stages.done("g", "sig")
+
+    # clean() runs only when a previous attempt used other settings
+    cleaned = []
+    D.run_stage(stages, "f", "sig", [out], action, clock, "retry", clean=lambda: cleaned.append(1))
+    assert cleaned == [] and stages.done("f", "sig")
+    D.run_stage(stages, "f", "other", [out], action, clock, "changed", clean=lambda: cleaned.append(1))
+    assert cleaned == [1]
+
+
+def _fake_corpus(root: Path) -> Path:
+    root.mkdir(parents=True)
+    counts = D.corpus_counts("tiny")
+    (root / "corpus.json").write_text(json.dumps({"seed": 1, "size": "tiny", "counts": counts,
+                                                  "total_hours": 0.01}))
+    for name in ["train.tsv", "finetune.tsv", "finetune.ltr", "valid.tsv", "valid.ltr", "dict.ltr.txt",
+                 "test_seen.tsv", "test_seen.ltr", "test_unseen.tsv", "test_unseen.ltr"]:
+        (root / name).write_text("")
+    return root
+
+
+def test_pipeline_rerun_skips_every_finished_stage(tmp_path, monkeypatch):
+    corpus = _fake_corpus(tmp_path / "corpus")
+    assert D.corpus_complete(corpus, "tiny", 1) and not D.corpus_complete(corpus, "quick", 1)
+    commands = []
+
+    resumed = []
+
+    def fake_run(cmd, log_path, env=None, line_filter=None, cwd=None):
+        cmd = [str(c) for c in cmd]
+        commands.append(cmd)
+        if "fairseq-hydra-train" in cmd[0]:
+            save = next(a.split("=", 1)[1] for a in cmd if a.startswith("checkpoint.save_dir="))
+            resumed.append((Path(save).name, (Path(save) / "checkpoint_last.pt").exists()))
+            Path(save).mkdir(parents=True, exist_ok=True)
+            (Path(save) / "checkpoint_last.pt").write_text("ckpt")
+        elif "fairseq-generate" in cmd[0]:
+            res = Path(cmd[cmd.index("--results-path") + 1])
+            subset = cmd[cmd.index("--gen-subset") + 1]
+            res.mkdir(parents=True, exist_ok=True)
+            wer = {"none": 90.0, "bestrq": 60.0, "birq": 50.0}[res.name]
+            (res / f"generate-{subset}.txt").write_text(
+                f"T-0\tA B\nH-0\t-1\tA B\nGenerate {subset} with beam=5: WER: {wer:.2f}\n")
+        else:
+            raise AssertionError(cmd)
+
+    monkeypatch.setattr(D, "run_command", fake_run)
+    preset = D.PRESETS["tiny"]
+    pipe = D.Pipeline(tmp_path / "run", preset, corpus, "tiny", seed=3)
+    summary = pipe.run()
+    assert len(commands) == 3 + 3 + 6  # 3 pretrain/init, 3 finetune, 6 decodes
+    pre = [c for c in commands if "examples/pretrain" in " ".join(c)]
+    by_system = {c[c.index("--config-name") + 1] + ":" + next(a for a in c if a.startswith("model.enhanced_stream=")): c
+                 for c in pre}
+    assert len(by_system) == 2 and len(pre) == 3
+    # BiRQ and BEST-RQ: identical settings except the enhanced stream; init: lr 0, 1 update
+    birq, bestrq, init = pre
+    diff = set(birq) ^ set(bestrq)
+    assert {a for a in diff if not a.startswith(("checkpoint.save_dir=", "hydra.run.dir=", "common.log_file="))} == {
+        "model.enhanced_stream=true", "model.enhanced_stream=false"}
+    assert "optimization.lr=[0.0]" in init and "optimization.max_update=1" in init and "common.seed=3" in init
+    fts = [c for c in commands if "examples/finetune" in " ".join(c)]
+    assert all("dataset.train_subset=finetune" in c for c in fts)
+    assert summary["results"]["birq"]["test_unseen"]["wer"] == 50.0
+    assert list(summary["results"]) == ["none", "bestrq", "birq"]
+
+    commands.clear()
+    again = D.Pipeline(tmp_path / "run", preset, corpus, "tiny", seed=3).run()
+    assert commands == [] and again["results"] == summary["results"]
+
+    # finetuning settings change -> finetune + decode rerun from scratch (old finetuned
+    # checkpoints removed, not resumed), pretraining is kept
+    changed = dict(preset, finetune_updates=preset["finetune_updates"] + 1)
+    resumed.clear()
+    D.Pipeline(tmp_path / "run", changed, corpus, "tiny", seed=3).run()
+    assert len(commands) == 3 + 6 and not any("examples/pretrain" in " ".join(c) for c in commands)
+    assert sorted(resumed) == [("bestrq", False), ("birq", False), ("none", False)]
+
+    # an interrupted stage (started marker, same settings) is rerun and resumes its checkpoint
+    stages = D.Stages(tmp_path / "run" / "stages")
+    marker = stages.load("finetune_birq")
+    stages.mark("finetune_birq", marker["signature"], [], status="started")
+    commands.clear()
+    resumed.clear()
+    D.Pipeline(tmp_path / "run", changed, corpus, "tiny", seed=3).run()
+    assert resumed == [("birq", True)]
+    assert len(commands) == 1 + 2  # that finetuning, then its two decodes (signature chain)
+
+
+@pytest.mark.skipif(os.environ.get("BIRQ_SLOW_TESTS") != "1", reason="real fairseq run (~15-60 s); BIRQ_SLOW_TESTS=1")
+def test_real_run_log_parses(tmp_path):
+    from audio_fixtures import write_manifest
+
+    data = tmp_path / "data"
+    write_manifest(str(data), "train", 6, seed=0)
+    write_manifest(str(data), "valid", 2, seed=1)
+    save = tmp_path / "pt"
+    cmd = [str(D.BIN / "fairseq-hydra-train"), "--config-dir", str(REPO / "examples" / "pretrain"),
+           "--config-name", "tiny_birq", f"common.user_dir={D.PLUGIN}", f"task.data={data}",
+           f"checkpoint.save_dir={save}", f"hydra.run.dir={save}/hydra", "optimization.max_update=5",
+           "common.log_format=json", "common.log_interval=1", f"common.log_file={save}/train.log",
+           "dataset.max_tokens=64000", "dataset.validate_interval_updates=3"]
+    subprocess.run(cmd, check=True, env=D.thread_env(), capture_output=True)
+    parsed = D.parse_fairseq_log(save / "train.log")
+    assert [r["num_updates"] for r in parsed["train"]] == [1, 2, 3, 4, 5]
+    assert parsed["valid"] and "enhanced_code_ppl" in parsed["valid"][-1]
