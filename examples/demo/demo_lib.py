@@ -694,3 +694,14 @@ class Pipeline:
             if path.exists():
                 logs[SYSTEM_LABELS[s]] = parse_fairseq_log(path)
         return logs
+
+
+def resolve_preset(args) -> dict:
+    """The preset named by ``args.preset`` with the command line's explicit overrides."""
+    preset = dict(PRESETS[args.preset])
+    for key in ("pretrain_updates", "finetune_updates", "max_tokens"):
+        if getattr(args, key) is not None:
+            preset[key] = getattr(args, key)
+    if args.corpus_preset:
+        preset["corpus"] = args.corpus_preset
+    return preset

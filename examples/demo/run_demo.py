@@ -49,16 +49,6 @@ def get_parser():
     return p
 
 
-def resolve_preset(args) -> dict:
-    preset = dict(D.PRESETS[args.preset])
-    for key in ("pretrain_updates", "finetune_updates", "max_tokens"):
-        if getattr(args, key) is not None:
-            preset[key] = getattr(args, key)
-    if args.corpus_preset:
-        preset["corpus"] = args.corpus_preset
-    return preset
-
-
 def report(out: Path, pipe: D.Pipeline, summary: dict, preset_name: str, preset: dict, clock: D.Clock) -> dict:
     D.banner(clock, "report")
     results = summary["results"]
@@ -105,7 +95,7 @@ def report(out: Path, pipe: D.Pipeline, summary: dict, preset_name: str, preset:
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    preset = resolve_preset(args)
+    preset = D.resolve_preset(args)
     out = Path(args.out or f"demo_runs/{args.preset}").resolve()
     corpus_dir = Path(args.corpus_dir or D.REPO / "data" / f"tts_{preset['corpus']}")
     out.mkdir(parents=True, exist_ok=True)

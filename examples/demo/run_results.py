@@ -71,16 +71,6 @@ def get_parser():
     return p
 
 
-def resolve(args) -> dict:
-    preset = dict(D.PRESETS[args.preset])
-    for key in ("pretrain_updates", "finetune_updates", "max_tokens"):
-        if getattr(args, key) is not None:
-            preset[key] = getattr(args, key)
-    if args.corpus_preset:
-        preset["corpus"] = args.corpus_preset
-    return preset
-
-
 def final_diagnostics(log_path: Path) -> dict:
     if not Path(log_path).exists():
         return {}
@@ -230,7 +220,7 @@ def write_results_md(args, preset, out: Path, seed_runs, ablation_runs, corpus, 
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    preset = resolve(args)
+    preset = D.resolve_preset(args)
     out = Path(args.out or D.REPO / "results_runs" / args.preset).resolve()
     corpus_dir = Path(args.corpus_dir or D.REPO / "data" / f"tts_{preset['corpus']}").resolve()
     plots_dir = Path(args.plots_dir).resolve()
