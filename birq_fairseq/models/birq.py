@@ -7,6 +7,7 @@ what ``forward`` returns into the two masked cross-entropies and the penalty.
 """
 
 import contextlib
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
@@ -143,24 +144,32 @@ class RelPosConformerEncoder(ConformerEncoder):
         return super().build_encoder_layer(args)
 
 
+# fairseq main seeds compute_mask_indices per row from (seed, epoch, index); fairseq
+# 0.12.2 (Python <= 3.10) has no such arguments and uses numpy's global generator.
+_MASK_TAKES_SEED = "seed" in inspect.signature(compute_mask_indices).parameters
+
+
 def span_mask(shape, padding_mask, prob, length, selection, other, **kwargs) -> torch.Tensor:
     """fairseq's compute_mask_indices, made reproducible.
 
-    fairseq draws masks from an unseeded ``np.random.default_rng()``; seeding it from
-    torch's generator (which fairseq reseeds every update) makes masks, and so resumed
-    runs, deterministic. Returns a bool tensor of ``shape`` on the CPU.
+    fairseq main draws masks from an unseeded ``np.random.default_rng()`` (0.12.2 from
+    numpy's global generator); seeding both from torch's generator (which fairseq reseeds
+    every update) makes masks, and so resumed runs, deterministic. Returns a bool tensor
+    of ``shape`` on the CPU.
     """
     seed = int(torch.randint(0, 2**31 - 1, ()))
+    if _MASK_TAKES_SEED:
+        kwargs.update(seed=seed, epoch=0, indices=torch.arange(shape[0]))
     with numpy_seed(seed):
-        mask = compute_mask_indices(shape, padding_mask, prob, length, selection, other, seed=seed, epoch=0,
-                                    indices=torch.arange(shape[0]), **kwargs)
+        mask = compute_mask_indices(shape, padding_mask, prob, length, selection, other, **kwargs)
     return torch.from_numpy(mask)
 
 
 def _installed_fairseq_supports(**kwargs) -> bool:
     # Some fairseq snapshots crash in these branches (numpy Generator.randint, np.int).
     try:
-        compute_mask_indices((1, 50), None, 0.2, 5, seed=0, epoch=0, indices=torch.arange(1), **kwargs)
+        with torch.random.fork_rng(devices=[]):  # probing must not shift the model's initialisation
+            span_mask((1, 50), None, 0.2, 5, kwargs.pop("mask_type", "static"), 0.0, **kwargs)
         return True
     except (AttributeError, TypeError):
         return False
