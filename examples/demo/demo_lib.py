@@ -575,15 +575,7 @@ class Pipeline:
                  "bestrq": f"pretrain BEST-RQ ({updates} updates)",
                  "birq": f"pretrain BiRQ ({updates} updates)"}[system]
 
-        def action():
-            save_dir.mkdir(parents=True, exist_ok=True)
-            if ckpt.exists():
-                print(f"   resuming from {ckpt}", flush=True)
-            run_command([BIN / "fairseq-hydra-train", "--config-dir", REPO / "examples" / "pretrain",
-                         "--config-name", "tiny_birq"] + ov, save_dir / "stdout.log", env=self.env,
-                        line_filter=FairseqProgress(f"pretrain:{system}", updates, self.clock))
-            return {"command": "fairseq-hydra-train --config-dir examples/pretrain --config-name tiny_birq "
-                               + " ".join(ov)}
+        action = self._hydra_train_action("pretrain", "tiny_birq", ov, save_dir, ckpt, f"pretrain:{system}", updates)
 
         run_stage(self.stages, f"pretrain_{system}", signature(ov), [ckpt], action, self.clock, title,
                   clean=lambda: clean_run_dir(save_dir))
@@ -611,21 +603,29 @@ class Pipeline:
         ov = self.finetune_overrides(system, w2v, save_dir)
         updates = self.p["finetune_updates"]
 
-        def action():
-            save_dir.mkdir(parents=True, exist_ok=True)
-            if ckpt.exists():
-                print(f"   resuming from {ckpt}", flush=True)
-            run_command([BIN / "fairseq-hydra-train", "--config-dir", REPO / "examples" / "finetune",
-                         "--config-name", "tiny_ctc"] + ov, save_dir / "stdout.log", env=self.env,
-                        line_filter=FairseqProgress(f"finetune:{system}", updates, self.clock))
-            return {"command": "fairseq-hydra-train --config-dir examples/finetune --config-name tiny_ctc "
-                               + " ".join(ov)}
+        action = self._hydra_train_action("finetune", "tiny_ctc", ov, save_dir, ckpt, f"finetune:{system}", updates)
 
         pre_sig = self.stage_identity(f"pretrain_{system}")
         run_stage(self.stages, f"finetune_{system}", signature([ov, pre_sig]), [ckpt], action, self.clock,
                   f"finetune {SYSTEM_LABELS[system]} with CTC ({updates} updates, labelled subset)",
                   clean=lambda: clean_run_dir(save_dir))
         return ckpt
+
+    def _hydra_train_action(self, stage_dir, config_name, overrides, save_dir, ckpt, progress_name, updates):
+        """A stage action: fairseq-hydra-train with examples/<stage_dir>/<config_name>.yaml,
+        resuming from checkpoint_last.pt if it exists, with a condensed progress line."""
+
+        def action():
+            save_dir.mkdir(parents=True, exist_ok=True)
+            if ckpt.exists():
+                print(f"   resuming from {ckpt}", flush=True)
+            run_command([BIN / "fairseq-hydra-train", "--config-dir", REPO / "examples" / stage_dir,
+                         "--config-name", config_name] + overrides, save_dir / "stdout.log", env=self.env,
+                        line_filter=FairseqProgress(progress_name, updates, self.clock))
+            return {"command": f"fairseq-hydra-train --config-dir examples/{stage_dir} --config-name {config_name} "
+                               + " ".join(overrides)}
+
+        return action
 
     def stage_identity(self, name: str):
         """Settings and completion time of an upstream stage: any rerun of it invalidates
