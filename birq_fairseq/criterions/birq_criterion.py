@@ -86,18 +86,17 @@ class BirqCriterion(FairseqCriterion):
         progress = min(1.0, num_updates / self.cfg.gamma_ramp_updates)
         return self.cfg.gamma + (self.cfg.gamma_final - self.cfg.gamma) * progress
 
-    def _lower_loss_baseline(self, model, lower_sum: torch.Tensor, frames: int) -> float:
+    def _lower_loss_baseline(self, model, lower_sum: float, frames: int) -> float:
         """v^ as of the last finished update; in training, record this batch for the next one.
 
         v^ advances in the task's optimizer_step (PenaltyBaseline.commit), once per update,
         so it does not depend on update_freq. Before the first update there is no v^ yet:
         the batch's own mean is used (penalty gap 0).
         """
-        value = float(lower_sum.detach())
         if model.training:
-            model.penalty_baseline.accumulate(value, frames, self.cfg.baseline_ema_decay)
+            model.penalty_baseline.accumulate(lower_sum, frames, self.cfg.baseline_ema_decay)
         minimum = float(model.penalty_baseline.minimum)
-        return minimum if math.isfinite(minimum) else value / max(frames, 1)
+        return minimum if math.isfinite(minimum) else lower_sum / max(frames, 1)
 
     def forward(self, model, sample, reduce=True):
         net_output = model(**sample["net_input"])
@@ -128,11 +127,13 @@ class BirqCriterion(FairseqCriterion):
             # -sum_v z_v log p_v: differentiable in z, so the label generator gets gradient.
             enhanced_sum = -(targets * F.log_softmax(enhanced_logits, dim=-1)).sum(-1).mean(-1).sum()
             target_labels = targets.detach().argmax(-1)
+            enhanced_value = float(enhanced_sum.detach())
             upper, lower = (
                 (enhanced_sum, anchor_sum) if self.cfg.upper_stream == "enhanced" else (anchor_sum, enhanced_sum)
             )
+            lower_value = logging_output["anchor_loss"] if lower is anchor_sum else enhanced_value
             gamma = self.gamma_at(model.num_updates)
-            baseline = self._lower_loss_baseline(model, lower, frames)
+            baseline = self._lower_loss_baseline(model, lower_value, frames)
             loss = upper + gamma * (lower - baseline * frames)
             if self.cfg.diversity_weight > 0:
                 probs = net_output["enhanced_code_logits"].softmax(-1).mean(0)  # (Ne, Ve)
@@ -141,11 +142,11 @@ class BirqCriterion(FairseqCriterion):
                 loss = loss + self.cfg.diversity_weight * diversity * frames
                 logging_output["enhanced_diversity"] = float(diversity.detach()) * frames
             logging_output.update(
-                enhanced_loss=float(enhanced_sum.detach()),
+                enhanced_loss=enhanced_value,
                 enhanced_correct=int((enhanced_logits.argmax(-1) == target_labels).sum()),
                 enhanced_count=target_labels.numel(),
                 enhanced_code_ppl=code_perplexity(target_labels, enhanced_logits.size(-1)),
-                penalty_gap=float(lower.detach()) - baseline * frames,
+                penalty_gap=lower_value - baseline * frames,
                 gamma=gamma,
                 gumbel_temp=model.gumbel_temperature,
             )

@@ -128,6 +128,7 @@ class CheckedFileAudioDataset(FileAudioDataset):
         self.skip_invalid = skip_invalid
         self.resample = resample
         self.read_failures = 0
+        self._crop_epoch = 1  # fairseq's first epoch; set_epoch updates it
 
         # Map dataset index -> manifest line, dropping lines that failed the checks.
         bad = {p.line - 2 for p in problems}  # 0-based entry index, as fairseq's skipped_indices
@@ -163,9 +164,7 @@ class CheckedFileAudioDataset(FileAudioDataset):
         return super().postprocess(feats, curr_sample_rate)
 
     def set_epoch(self, epoch):
-        parent = getattr(super(), "set_epoch", None)
-        if parent is not None:
-            parent(epoch)
+        super().set_epoch(epoch)
         self._crop_epoch = epoch
 
     def collater(self, samples):
@@ -173,7 +172,7 @@ class CheckedFileAudioDataset(FileAudioDataset):
         # is neither reseeded per update nor checkpointed, so a run resumed mid-epoch crops
         # differently from an uninterrupted one. Seed the crop from (epoch, sample ids).
         ids = [int(s["id"]) for s in samples if s.get("source") is not None]
-        with data_utils.numpy_seed(getattr(self, "_crop_epoch", 1), *ids):
+        with data_utils.numpy_seed(self._crop_epoch, *ids):
             return super().collater(samples)
 
     def __getitem__(self, index):

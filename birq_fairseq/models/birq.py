@@ -385,9 +385,8 @@ class BirqModel(BaseFairseqModel):
         with dropout_ctx, grad_ctx:
             h, _ = self.run_encoder(self.encoder_input(feats), step_padding, self.cfg.enhanced_layer - 1)
             h = F.layer_norm(h[loss_frames].float(), (h.size(-1),))
-            logits = self.enhanced_quantizer.similarity(h) / self.cfg.similarity_temp
+            logits = self.enhanced_quantizer.similarity(h) / self.cfg.similarity_temp  # fp32
             with torch.autocast(device_type=logits.device.type, enabled=False):
-                logits = logits.float()
                 return F.gumbel_softmax(logits, tau=self.gumbel_temperature, hard=True), logits
 
     # ----------------------------------------------------------------- forward

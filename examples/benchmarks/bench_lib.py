@@ -288,22 +288,19 @@ def instrument(model, timer: PieceTimer):
 
     run_encoder called from inside enhanced_targets is attributed to "extra_k_layer_pass";
     the main run_encoder call to "main_encoder"."""
-    run_encoder = model.run_encoder
+    def attribute(method_name, main_piece):
+        # Called inside enhanced_targets: the label generator's extra pass; else the main pass.
+        method = getattr(model, method_name)
 
-    def run_encoder_wrapped(*args, **kwargs):
-        inside_enhanced = any(frame[0] == "enhanced_quantizer+gumbel" for frame in timer._stack)
-        with timer.piece("extra_k_layer_pass" if inside_enhanced else "main_encoder"):
-            return run_encoder(*args, **kwargs)
+        def wrapped(*args, **kwargs):
+            inside_enhanced = any(frame[0] == "enhanced_quantizer+gumbel" for frame in timer._stack)
+            with timer.piece("extra_k_layer_pass" if inside_enhanced else main_piece):
+                return method(*args, **kwargs)
 
-    model.run_encoder = run_encoder_wrapped
-    encoder_input = model.encoder_input
+        setattr(model, method_name, wrapped)
 
-    def encoder_input_wrapped(*args, **kwargs):
-        inside_enhanced = any(frame[0] == "enhanced_quantizer+gumbel" for frame in timer._stack)
-        with timer.piece("extra_k_layer_pass" if inside_enhanced else "conv_subsampling"):
-            return encoder_input(*args, **kwargs)
-
-    model.encoder_input = encoder_input_wrapped
+    attribute("run_encoder", "main_encoder")
+    attribute("encoder_input", "conv_subsampling")
     timer.wrap(model.frontend, "forward", "frontend_logmel")
     timer.wrap(model, "time_mask", "masking_numpy")
     timer.wrap(model.anchor_quantizer, "forward", "anchor_quantizer")
