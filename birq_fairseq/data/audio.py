@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from fairseq.data import FileAudioDataset, data_utils
+from fairseq.data import FileAudioDataset
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ class CheckedFileAudioDataset(FileAudioDataset):
         self.resample = resample
         self.read_failures = 0
         self._crop_epoch = 1  # fairseq's first epoch; set_epoch updates it
+        self._crop_rng = np.random.default_rng(0)  # replaced per batch by collater
 
         # Map dataset index -> manifest line, dropping lines that failed the checks.
         bad = {p.line - 2 for p in problems}  # 0-based entry index, as fairseq's skipped_indices
@@ -169,11 +170,20 @@ class CheckedFileAudioDataset(FileAudioDataset):
 
     def collater(self, samples):
         # fairseq crops clips longer than the batch's shortest with numpy's *global* RNG, which
-        # is neither reseeded per update nor checkpointed, so a run resumed mid-epoch crops
-        # differently from an uninterrupted one. Seed the crop from (epoch, sample ids).
+        # is neither reseeded per update nor checkpointed, so a run resumed mid-epoch would crop
+        # differently from an uninterrupted one. Each batch gets its own generator, seeded from
+        # (epoch, sample ids); it is not the global one, which fairseq's prefetch thread (where
+        # this runs) would share with the training thread.
         ids = [int(s["id"]) for s in samples if s.get("source") is not None]
-        with data_utils.numpy_seed(self._crop_epoch, *ids):
-            return super().collater(samples)
+        self._crop_rng = np.random.default_rng([self._crop_epoch, *ids])
+        return super().collater(samples)
+
+    def crop_to_max_size(self, t, target_size, dim=0):
+        size = t.size(dim)
+        if size <= target_size:
+            return t
+        start = int(self._crop_rng.integers(0, size - target_size + 1))
+        return t.narrow(dim, start, target_size)
 
     def __getitem__(self, index):
         try:
