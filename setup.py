@@ -23,6 +23,10 @@ setup(
         "tqdm==4.70.1",
         "matplotlib==3.11.2",
     ],
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={
+        # hydra's SLURM launcher (examples/pretrain/run_config); the tests compose those configs.
+        "cluster": ["hydra-submitit-launcher==1.2.0"],
+        "test": ["pytest==9.2.0", "hydra-submitit-launcher==1.2.0"],
+    },
     entry_points={"console_scripts": ["birq-fairseq=birq_fairseq.cli:main"]},
 )
