@@ -151,7 +151,8 @@ def test_bestrq_mode_is_exactly_the_anchor_loss():
 def test_penalty_combination_and_gamma_schedule():
     model = build()
     model.train()
-    criterion = BirqCriterion(BirqCriterionConfig(gamma=0.5, gamma_final=2.5, gamma_ramp_updates=100), _Task())
+    criterion = BirqCriterion(BirqCriterionConfig(upper_weight=1.0, gamma=0.5, gamma_final=2.5,
+                                                  gamma_ramp_updates=100), _Task())
     model.set_num_updates(50)
     # Before the first update there is no v^ yet: the penalty gap is 0.
     loss, frames, log = criterion(model, batch())
@@ -167,7 +168,7 @@ def test_penalty_combination_and_gamma_schedule():
     assert float(loss) == pytest.approx(expected, rel=1e-5)
     assert criterion.gamma_at(0) == 0.5 and criterion.gamma_at(1000) == 2.5
     # The upper stream can be swapped: then the anchor loss is the upper level.
-    swapped = BirqCriterion(BirqCriterionConfig(upper_stream="anchor", gamma=2.0), _Task())
+    swapped = BirqCriterion(BirqCriterionConfig(upper_stream="anchor", upper_weight=1.0, gamma=2.0), _Task())
     other = build()
     other.train()
     loss, frames, log = swapped(other, batch(seed=1))
@@ -176,6 +177,20 @@ def test_penalty_combination_and_gamma_schedule():
     loss, frames, log = swapped(other, batch(seed=3))
     assert float(loss) == pytest.approx(log["anchor_loss"] + 2.0 * (log["enhanced_loss"] - baseline * frames),
                                         rel=1e-5)
+
+
+def test_paper_weights_scale_both_streams():
+    """w1 * (L_e + gamma * (L_a - v^)) with the paper's w1 = 0.1, gamma = 24: w2 = 2.4."""
+    model = build()
+    model.train()
+    criterion = BirqCriterion(BirqCriterionConfig(), _Task())
+    loss, frames, log = criterion(model, batch())
+    model.penalty_baseline.commit()
+    baseline = float(model.penalty_baseline.minimum)
+    loss, frames, log = criterion(model, batch(seed=2))
+    expected = 0.1 * log["enhanced_loss"] + 2.4 * (log["anchor_loss"] - baseline * frames)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert log["gamma"] == 24.0
 
 
 def test_gumbel_temperature_anneals_like_wav2vec2_latent_temp():

@@ -1,11 +1,12 @@
 """BiRQ loss: two masked cross-entropies combined by the penalty method.
 
-    loss = L_upper + gamma * (L_lower - v^)
+    loss = w1 * (L_upper + gamma * (L_lower - v^))  =  w1 * L_upper + w2 * (L_lower - v^)
 
 with (by default) L_upper = L_e (enhanced labels) and L_lower = L_a (anchor labels),
 v^ the running minimum of an EMA of L_lower (a constant for the gradient), so the
-first-order update is grad L_e + gamma * grad L_a. With the model's enhanced stream off
-the loss is exactly L_a: BEST-RQ.
+first-order update is w1 * grad L_e + w2 * grad L_a (the paper's Algorithm 1). The
+defaults are the paper's: w1 = 0.1, gamma = w2 / w1 = 24 (w2 = 2.4). With the model's
+enhanced stream off the loss is exactly L_a: BEST-RQ.
 """
 
 import math
@@ -27,7 +28,14 @@ class BirqCriterionConfig(FairseqDataclass):
     upper_stream: STREAM_CHOICES = field(
         default="enhanced", metadata={"help": "stream of the upper-level objective; the other is the lower level"}
     )
-    gamma: float = field(default=1.0, metadata={"help": "penalty weight gamma at update 0"})
+    upper_weight: float = field(
+        default=0.1,
+        metadata={"help": "w1: overall weight of the bilevel loss, w1 * (L_upper + gamma * (L_lower - v^)); "
+                  "the paper's w1 = 0.1 (its w2 = w1 * gamma = 2.4)"},
+    )
+    gamma: float = field(
+        default=24.0, metadata={"help": "penalty constant gamma = w2 / w1 at update 0 (the paper's 2.4 / 0.1 = 24)"}
+    )
     gamma_final: Optional[float] = field(
         default=None, metadata={"help": "gamma reached after gamma_ramp_updates (None = constant gamma)"}
     )
@@ -45,6 +53,8 @@ class BirqCriterionConfig(FairseqDataclass):
 
 def validate_criterion_config(cfg: BirqCriterionConfig) -> None:
     problems = []
+    if cfg.upper_weight <= 0:
+        problems.append(f"criterion.upper_weight={cfg.upper_weight} must be > 0")
     if cfg.gamma < 0:
         problems.append(f"criterion.gamma={cfg.gamma} must be >= 0")
     if cfg.gamma_final is not None and cfg.gamma_final < 0:
@@ -134,7 +144,7 @@ class BirqCriterion(FairseqCriterion):
             lower_value = logging_output["anchor_loss"] if lower is anchor_sum else enhanced_value
             gamma = self.gamma_at(model.num_updates)
             baseline = self._lower_loss_baseline(model, lower_value, frames)
-            loss = upper + gamma * (lower - baseline * frames)
+            loss = self.cfg.upper_weight * (upper + gamma * (lower - baseline * frames))
             if self.cfg.diversity_weight > 0:
                 probs = net_output["enhanced_code_logits"].softmax(-1).mean(0)  # (Ne, Ve)
                 perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-9))).sum(-1)).mean()

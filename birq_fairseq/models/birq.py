@@ -9,6 +9,7 @@ what ``forward`` returns into the two masked cross-entropies and the penalty.
 import contextlib
 import inspect
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -114,7 +115,11 @@ class BirqConfig(FairseqDataclass):
 
     # Enhanced stream (BiRQ labels): RPQ on layer k of the unmasked input.
     enhanced_stream: bool = field(default=True, metadata={"help": "false = BEST-RQ"})
-    enhanced_layer: int = field(default=6, metadata={"help": "k: label generator is layers 1..k"})
+    enhanced_layer: Optional[int] = field(
+        default=None,
+        metadata={"help": "k: label generator is layers 1..k; unset = round(0.7 * encoder_layers), the "
+                  "paper's pilot-study choice (layer 7 of 10)"},
+    )
     enhanced_codebook_dim: int = field(default=16, metadata={"help": "enhanced RPQ projection dim"})
     enhanced_codebook_size: int = field(default=8192, metadata={"help": "enhanced codebook entries"})
     enhanced_num_codebooks: int = field(default=1, metadata={"help": "independent enhanced codebooks"})
@@ -127,10 +132,26 @@ class BirqConfig(FairseqDataclass):
     )
     similarity_temp: float = field(default=0.1, metadata={"help": "tau_c: cosine-similarity temperature"})
     gumbel_temp: Tuple[float, float, float] = field(
-        default=(2.0, 0.5, 0.999995),
-        metadata={"help": "Gumbel-softmax temperature (start, end, decay per update), as wav2vec 2.0's latent_temp"},
+        default=(0.5, 0.5, 1.0),
+        metadata={"help": "Gumbel-softmax temperature (start, end, decay per update), as wav2vec 2.0's "
+                  "latent_temp; the paper holds it at 0.5 (an annealed schedule, e.g. (2.0, 0.5, 0.999995), "
+                  "is an option)"},
     )
     quantizer_seed: int = field(default=1234, metadata={"help": "seed of both random quantizers"})
+
+
+# The paper's pilot study puts the label generator at about 70 % of the encoder depth.
+PAPER_ENHANCED_LAYER_FRACTION = 0.7
+
+
+def resolve_enhanced_layer(cfg: BirqConfig) -> int:
+    """k of the label generator: ``cfg.enhanced_layer``, or round(0.7 * L) when unset.
+
+    Rounds half up (L = 5 -> 4), never below 1: L = 4 -> 3, 10 -> 7, 12 -> 8.
+    """
+    if cfg.enhanced_layer is not None:
+        return int(cfg.enhanced_layer)
+    return max(1, math.floor(PAPER_ENHANCED_LAYER_FRACTION * cfg.encoder_layers + 0.5))
 
 
 class RelPosConformerEncoder(ConformerEncoder):
@@ -211,7 +232,7 @@ def validate_config(cfg: BirqConfig) -> None:
             problems.append(f"model.{prefix}_selection=uniform is not supported by the installed fairseq's "
                             "compute_mask_indices; use static, normal or poisson")
     if cfg.enhanced_stream:
-        need(1 <= cfg.enhanced_layer <= cfg.encoder_layers,
+        need(1 <= resolve_enhanced_layer(cfg) <= cfg.encoder_layers,
              f"model.enhanced_layer={cfg.enhanced_layer} is outside the encoder: must be in "
              f"1..{cfg.encoder_layers} (model.encoder_layers), or set model.enhanced_stream=false")
     if problems:
@@ -280,6 +301,7 @@ class BirqModel(BaseFairseqModel):
         validate_config(cfg)
         self.cfg = cfg
         self.num_updates = 0
+        self.enhanced_layer = resolve_enhanced_layer(cfg)
         embed_dim = cfg.encoder_embed_dim
 
         self.frontend = LogMelFrontend(
@@ -383,7 +405,7 @@ class BirqModel(BaseFairseqModel):
         dropout_ctx = contextlib.nullcontext() if self.cfg.enhanced_dropout else _eval_mode(*generator)
         grad_ctx = contextlib.nullcontext() if self.cfg.enhanced_label_grad else torch.no_grad()
         with dropout_ctx, grad_ctx:
-            h, _ = self.run_encoder(self.encoder_input(feats), step_padding, self.cfg.enhanced_layer - 1)
+            h, _ = self.run_encoder(self.encoder_input(feats), step_padding, self.enhanced_layer - 1)
             h = F.layer_norm(h[loss_frames].float(), (h.size(-1),))
             logits = self.enhanced_quantizer.similarity(h) / self.cfg.similarity_temp  # fp32
             with torch.autocast(device_type=logits.device.type, enabled=False):

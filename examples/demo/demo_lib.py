@@ -46,7 +46,6 @@ MODEL_SMALL = {
     "model.encoder_embed_dim": 96,
     "model.encoder_ffn_embed_dim": 192,
     "model.encoder_attention_heads": 4,
-    "model.enhanced_layer": 2,
 }
 
 # CTC needs many updates to stop emitting only blanks; with a few hundred updates a
