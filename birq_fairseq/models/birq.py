@@ -31,6 +31,7 @@ from fairseq.models.wav2vec.wav2vec2 import (
 from fairseq.modules import GradMultiply, LayerNorm
 
 from ..modules.frontend import FRAMES_PER_STEP, ConvSubsampling, LogMelFrontend
+from ..modules.code_balance import LogitCentering, sinkhorn_offset
 from ..modules.precision import FullPrecisionModule
 from ..modules.quantizer import RandomProjectionQuantizer
 
@@ -131,6 +132,17 @@ class BirqConfig(FairseqDataclass):
         default=False, metadata={"help": "apply dropout/layerdrop in the label-generating pass"}
     )
     similarity_temp: float = field(default=0.1, metadata={"help": "tau_c: cosine-similarity temperature"})
+    # Anti-collapse options beyond the paper (off by default; see modules/code_balance.py).
+    enhanced_centering: float = field(
+        default=0.0,
+        metadata={"help": "not in the paper: subtract a running mean (this EMA momentum, e.g. 0.9) of the "
+                  "enhanced code logits before the Gumbel draw, as DINO centres its teacher; 0 = off"},
+    )
+    enhanced_sinkhorn_iters: int = field(
+        default=0,
+        metadata={"help": "not in the paper: balance the batch's frames over the enhanced codes with this many "
+                  "Sinkhorn-Knopp iterations (as SwAV) before the Gumbel draw; 0 = off"},
+    )
     gumbel_temp: Tuple[float, float, float] = field(
         default=(0.5, 0.5, 1.0),
         metadata={"help": "Gumbel-softmax temperature (start, end, decay per update), as wav2vec 2.0's "
@@ -214,6 +226,9 @@ def validate_config(cfg: BirqConfig) -> None:
         value = getattr(cfg, name)
         need(0.0 <= value <= 1.0, f"model.{name}={value} must be in [0, 1]")
     need(cfg.similarity_temp > 0, f"model.similarity_temp={cfg.similarity_temp} must be > 0")
+    need(0 <= cfg.enhanced_centering < 1, f"model.enhanced_centering={cfg.enhanced_centering} must be in [0, 1)")
+    need(cfg.enhanced_sinkhorn_iters >= 0,
+         f"model.enhanced_sinkhorn_iters={cfg.enhanced_sinkhorn_iters} must be >= 0")
     start, end, decay = cfg.gumbel_temp
     need(start > 0 and end > 0, f"model.gumbel_temp={tuple(cfg.gumbel_temp)}: temperatures must be > 0")
     need(0 < decay <= 1, f"model.gumbel_temp={tuple(cfg.gumbel_temp)}: decay must be in (0, 1]")
@@ -328,12 +343,16 @@ class BirqModel(BaseFairseqModel):
         self.anchor_head = nn.Linear(embed_dim, cfg.anchor_num_codebooks * cfg.anchor_codebook_size)
         self.enhanced_quantizer = None
         self.enhanced_head = None
+        self.enhanced_centering = None
         if cfg.enhanced_stream:
             self.enhanced_quantizer = RandomProjectionQuantizer(
                 embed_dim, cfg.enhanced_codebook_dim, cfg.enhanced_codebook_size,
                 cfg.enhanced_num_codebooks, seed=cfg.quantizer_seed + 1,
             )
             self.enhanced_head = nn.Linear(embed_dim, cfg.enhanced_num_codebooks * cfg.enhanced_codebook_size)
+            if cfg.enhanced_centering > 0:
+                self.enhanced_centering = LogitCentering(
+                    cfg.enhanced_num_codebooks, cfg.enhanced_codebook_size, cfg.enhanced_centering)
         self.penalty_baseline = PenaltyBaseline()
 
     @classmethod
@@ -408,6 +427,10 @@ class BirqModel(BaseFairseqModel):
             h, _ = self.run_encoder(self.encoder_input(feats), step_padding, self.enhanced_layer - 1)
             h = F.layer_norm(h[loss_frames].float(), (h.size(-1),))
             logits = self.enhanced_quantizer.similarity(h) / self.cfg.similarity_temp  # fp32
+            if self.enhanced_centering is not None:
+                logits = self.enhanced_centering(logits)
+            if self.cfg.enhanced_sinkhorn_iters > 0 and self.training:
+                logits = logits + sinkhorn_offset(logits, self.cfg.enhanced_sinkhorn_iters)
             with torch.autocast(device_type=logits.device.type, enabled=False):
                 return F.gumbel_softmax(logits, tau=self.gumbel_temperature, hard=True), logits
 
@@ -489,6 +512,7 @@ class BirqModel(BaseFairseqModel):
         self.anchor_head = None
         self.enhanced_quantizer = None
         self.enhanced_head = None
+        self.enhanced_centering = None
         self.penalty_baseline = None
         if last_layer is not None:
             self.encoder.layers = nn.ModuleList(
