@@ -346,3 +346,16 @@ def test_conformer_encoder_trains_both_streams(pos_enc_type):
     assert first_layer_grad > 0
     res = model.extract_features(**batch()["net_input"], mask=False)
     assert res["x"].shape[-1] == model.cfg.encoder_embed_dim
+
+
+def test_soft_gumbel_targets_option():
+    hard, soft = build(), build(enhanced_hard_targets=False)
+    for model in (hard, soft):
+        model.train()
+    out_hard, out_soft = seeded_forward(hard, batch()), seeded_forward(soft, batch())
+    assert torch.all((out_hard["enhanced_targets"] == 0) | (out_hard["enhanced_targets"] == 1))
+    targets = out_soft["enhanced_targets"]
+    assert torch.allclose(targets.sum(-1), torch.ones_like(targets.sum(-1)), atol=1e-5)
+    assert ((targets > 0) & (targets < 1)).any()  # a distribution, not a one-hot
+    enhanced_loss(out_soft).backward()
+    assert soft.encoder.layers[0].fc1.weight.grad.abs().sum() > 0

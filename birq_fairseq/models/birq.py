@@ -128,6 +128,10 @@ class BirqConfig(FairseqDataclass):
         default=True, metadata={"help": "straight-through gradient into layers 1..k through the labels; "
                                 "false = stop-gradient (single-stage HuBERT-like self-labelling)"}
     )
+    enhanced_hard_targets: bool = field(
+        default=True, metadata={"help": "straight-through one-hot targets (forward one-hot, soft gradient); "
+                                "false = the soft Gumbel-softmax distribution is the target"}
+    )
     enhanced_dropout: bool = field(
         default=False, metadata={"help": "apply dropout/layerdrop in the label-generating pass"}
     )
@@ -432,7 +436,8 @@ class BirqModel(BaseFairseqModel):
             if self.cfg.enhanced_sinkhorn_iters > 0 and self.training:
                 logits = logits + sinkhorn_offset(logits, self.cfg.enhanced_sinkhorn_iters)
             with torch.autocast(device_type=logits.device.type, enabled=False):
-                return F.gumbel_softmax(logits, tau=self.gumbel_temperature, hard=True), logits
+                targets = F.gumbel_softmax(logits, tau=self.gumbel_temperature, hard=self.cfg.enhanced_hard_targets)
+                return targets, logits
 
     # ----------------------------------------------------------------- forward
     def forward(
