@@ -24,7 +24,7 @@ import _bootstrap  # noqa: E402
 
 _bootstrap.bare_package()  # import birq_fairseq.data without importing fairseq
 
-from birq_fairseq.data.corpus import PRESETS, MissingDependencyError, build_corpus  # noqa: E402
+from tts_corpus import PRESETS, MissingDependencyError, build_corpus  # noqa: E402
 
 
 def get_parser():

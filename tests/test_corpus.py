@@ -1,4 +1,4 @@
-"""Tests of the deterministic TTS demo corpus (birq_fairseq.data.corpus, manifests/build_corpus.py).
+"""Tests of the deterministic TTS demo corpus (manifests/tts_corpus.py, manifests/build_corpus.py).
 
 The build tests need the Debian TTS engines (scripts/install_tts.sh); they are
 skipped with the list of missing packages when those are absent.
@@ -14,10 +14,12 @@ import sys
 import pytest
 import soundfile as sf
 
-from birq_fairseq.data import corpus
 from birq_fairseq.data.labels import check_label_file, read_dictionary, read_manifest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "manifests"))
+import tts_corpus as corpus  # noqa: E402  demo tooling beside the plugin (manifests/tts_corpus.py)
+
 SEED = 7
 MISSING = corpus.missing_dependencies()
 needs_tts = pytest.mark.skipif(

@@ -472,7 +472,7 @@ def corpus_counts(preset: str) -> Dict[str, int]:
     import _bootstrap  # noqa: F401
 
     _bootstrap.bare_package()
-    from birq_fairseq.data.corpus import resolve_counts
+    from tts_corpus import resolve_counts
 
     counts = dict(resolve_counts(preset))
     counts.pop("max_words", None)

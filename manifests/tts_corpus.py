@@ -7,6 +7,11 @@ WAV with sox. Everything is drawn from one ``seed``: the same seed gives
 byte-identical manifests and labels (and identical audio given the same engine
 versions). Install the engines with ``scripts/install_tts.sh``.
 
+Demo tooling, not part of the plugin: the command line is ``manifests/build_corpus.py``.
+Import it with ``manifests/`` on ``sys.path`` (``import tts_corpus``); it needs only
+``birq_fairseq.data.labels`` (``_bootstrap.bare_package()`` makes that importable
+without loading fairseq).
+
 Output (fairseq wav2vec format)::
 
     wav/<split>/<voice>/<hash>.wav
@@ -42,7 +47,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .labels import (
+from birq_fairseq.data.labels import (
     count_letters,
     dictionary_entries,
     normalize_transcript,
