@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--cpu", dest="cpu", action="store_true", default=True, help="run on CPU (default)")
     dev.add_argument("--cuda", dest="cpu", action="store_false", help="run on GPU if available")
     _add_decoder_args(w)
+    from birq_fairseq import export, features
+
+    features.add_parser(sub)  # dump-features: layer features for HuBERT's simple_kmeans
+    export.add_parser(sub)  # export: TorchScript / ONNX encoder
     return parser
 
 
@@ -181,6 +185,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.out:
             print(f"hypotheses: {args.out}  references: {args.out}.ref")
         return 0
+    if args.command in ("dump-features", "export"):
+        from birq_fairseq import export, features
+        from birq_fairseq.checkpoints import CheckpointError
+
+        tool = features if args.command == "dump-features" else export
+        try:
+            return tool.run(args)
+        except (CheckpointError, FileNotFoundError, ValueError) as e:  # bad input: one line naming it
+            print(f"birq-fairseq {args.command}: error: {e}", file=sys.stderr)
+            return 1
     return 2
 
 

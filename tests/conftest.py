@@ -38,3 +38,15 @@ def synth_data(tmp_path_factory):
     write_manifest(directory, "train", 8, seed=0, min_seconds=1.5, max_seconds=1.5)
     write_manifest(directory, "valid", 2, seed=1)
     return directory
+
+
+@pytest.fixture(scope="session")
+def pretrained_checkpoint(synth_data, tmp_path_factory):
+    """A BiRQ pretraining checkpoint (examples/pretrain/tiny_birq.yaml, 2 updates of fairseq-hydra-train)."""
+    run_dir = str(tmp_path_factory.mktemp("pretrained"))
+    run_console("fairseq-hydra-train", [
+        "--config-dir", os.path.join(REPO, "examples", "pretrain"), "--config-name", "tiny_birq",
+        f"common.user_dir={os.path.join(REPO, 'birq_fairseq')}", f"task.data={synth_data}",
+        f"checkpoint.save_dir={run_dir}", f"hydra.run.dir={run_dir}", "optimization.max_update=2",
+        "dataset.disable_validation=true"], cwd=run_dir)
+    return os.path.join(run_dir, "checkpoint_last.pt")

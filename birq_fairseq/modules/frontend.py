@@ -88,20 +88,33 @@ class LogMelFrontend(FullPrecisionModule):
         else:
             num_samples = (~padding_mask).sum(-1)
         lengths = self.output_lengths(num_samples)
-        max_frames = int(lengths.max())
-        if max_frames == 0:
+        receptive_field = self.win_length + (FRAMES_PER_STEP - 1) * self.hop_length
+        if waveform.size(1) < receptive_field:
             raise ValueError(
                 f"every clip in the batch is shorter than the front-end's receptive field "
-                f"({self.win_length + (FRAMES_PER_STEP - 1) * self.hop_length} samples); "
-                f"longest clip has {int(num_samples.max())} samples"
+                f"({receptive_field} samples); longest clip has {waveform.size(1)} samples"
             )
         # The filterbank stays in fp32 under autocast: log of small powers underflows in fp16.
         with torch.autocast(device_type=waveform.device.type, enabled=False):
-            mel = self.melspec(waveform.float())  # (B, n_mels, frames)
+            mel = self.melspec.mel_scale(self.power_spectrogram(waveform.float()))  # (B, n_mels, frames)
+            # Frames cover the padded length (as the longest clip, which fairseq's collater
+            # pads to): a shape, not a value read from the data, so the front-end traces and
+            # exports with dynamic lengths and needs no device sync.
+            max_frames = mel.size(-1) - mel.size(-1) % FRAMES_PER_STEP
             feats = torch.log(mel + 1e-6).transpose(1, 2)[:, :max_frames]
         valid = torch.arange(max_frames, device=feats.device)[None, :] < lengths[:, None]
         feats = self._normalize(feats, valid)
         return feats.masked_fill(~valid[..., None], 0.0), lengths
+
+    def power_spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(B, S) fp32 -> (B, n_fft // 2 + 1, frames) |STFT|^2, torchaudio's ``Spectrogram``."""
+        if torch.onnx.is_in_onnx_export():
+            # ONNX's STFT has no complex outputs: the same transform as (real, imaginary) pairs.
+            spec = self.melspec.spectrogram
+            stft = torch.stft(waveform, spec.n_fft, spec.hop_length, spec.win_length, spec.window,
+                              center=False, return_complex=False)
+            return stft.pow(2).sum(-1)
+        return self.melspec.spectrogram(waveform)
 
     def _normalize(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         weights = valid[..., None].to(feats.dtype)

@@ -1,0 +1,210 @@
+"""The BiRQ encoder outside fairseq: TorchScript and ONNX, waveform in, one layer's features out.
+
+    birq-fairseq export --path CKPT --layer 6 --torchscript birq.pt --onnx birq.onnx
+
+Both files take ``source`` (B, S) float32 16 kHz waveforms and ``padding_mask`` (B, S) bool
+(True = padding; all False for one clip or equal lengths) and return ``features``
+(B, T', D) float32 and ``feature_padding_mask`` (B, T') bool, T' = 40 ms frames of the padded
+length; frames past a clip's end are padding and carry no meaning. Batch and time are
+dynamic. The command checks the exported files against the fairseq model before it returns.
+
+How: :class:`BirqFeatureEncoder` wraps the model's own ``extract_features`` (no second copy
+of the forward pass) and is traced (``torch.jit.trace``; ``torch.onnx.export`` with the
+TorchScript-based exporter, opset 17: the first with an STFT operator). Tracing records one
+path through Python branches, so the example input holds padding (the padded path is also
+exact for unpadded input), and :func:`traceable_fairseq` stands in for two fairseq helpers
+that do not trace or export right. A traced TorchScript file runs on the device it was traced on
+(``--device``); the ONNX file runs wherever onnxruntime does.
+"""
+
+import contextlib
+import logging
+import os
+import warnings
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+ONNX_OPSET = 17  # first opset with an STFT operator (the log-mel front-end)
+INPUT_NAMES = ["source", "padding_mask"]
+OUTPUT_NAMES = ["features", "feature_padding_mask"]
+
+
+class BirqFeatureEncoder(nn.Module):
+    """A BiRQ model's features at one layer: the module that is exported.
+
+    forward(source (B, S) float, padding_mask (B, S) bool, True = padding)
+        -> features (B, T', D), feature_padding_mask (B, T') bool.
+    ``output_layer``: the output of transformer layer N (1-based, as HuBERT's dump scripts and
+    ``birq-fairseq dump-features --layer``); None = the encoder's final output.
+    """
+
+    def __init__(self, model: nn.Module, output_layer: Optional[int] = None):
+        super().__init__()
+        from birq_fairseq.features import check_output_layer
+
+        check_output_layer(model, output_layer)
+        self.model = model
+        self.layer = None if output_layer is None else output_layer - 1  # extract_features counts from 0
+        self.eval()  # inference only: no dropout, and tracing records the eval path
+
+    def forward(self, source: torch.Tensor, padding_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.extract_features(source, padding_mask, mask=False, layer=self.layer)
+        return out["x"], out["padding_mask"]
+
+
+def _pad_to_multiple_untraced(x, multiple, dim=-1, value=0):
+    """fairseq's ``pad_to_multiple`` calls ``float.is_integer()`` on a size, which is a tensor while
+    tracing. The padding only rounds the encoder's length up for kernels' sake (padded frames are
+    masked), so an exported encoder leaves the length as it is: same valid frames."""
+    return (None, 0) if x is None else (x, 0)
+
+
+def _index_put_as_masked_fill(tensor, indices, value):
+    """fairseq's ``index_put`` (``tensor[mask] = value``) as ``masked_fill``: the same result, but the
+    ONNX exporter turns the boolean-index assignment of a (B, T) mask into a (B, T, D) tensor into a
+    ``Where`` that broadcasts the mask against the wrong axes (onnxruntime fails at run time)."""
+    return tensor.masked_fill(indices.reshape(indices.shape + (1,) * (tensor.dim() - indices.dim())), value)
+
+
+@contextlib.contextmanager
+def traceable_fairseq():
+    """While exporting, replace the fairseq helpers of the encoder that do not trace or export right."""
+    from fairseq.models.wav2vec import wav2vec2
+
+    replacements = {"pad_to_multiple": _pad_to_multiple_untraced, "index_put": _index_put_as_masked_fill}
+    originals = {name: getattr(wav2vec2, name) for name in replacements}
+    for name, function in replacements.items():
+        setattr(wav2vec2, name, function)
+    try:
+        yield
+    finally:
+        for name, function in originals.items():
+            setattr(wav2vec2, name, function)
+
+
+def example_input(lengths: Sequence[int] = (24000, 16000), device="cpu", seed: int = 0):
+    """A padded batch of noise, (B, max(lengths)) and its padding mask (True past each length)."""
+    g = torch.Generator().manual_seed(seed)
+    source = torch.zeros(len(lengths), max(lengths))
+    padding_mask = torch.ones(len(lengths), max(lengths), dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        source[i, :n] = torch.randn(n, generator=g) * 0.1
+        padding_mask[i, :n] = False
+    return source.to(device), padding_mask.to(device)
+
+
+def _check_example(padding_mask: torch.Tensor) -> None:
+    if not bool(padding_mask.any()):
+        raise ValueError("trace with a padded example (some padding_mask True): tracing keeps one path, and only "
+                         "the padded one is also right for unpadded input")
+
+
+@contextlib.contextmanager
+def _quiet_tracer():
+    """Tracing warns at every Python branch on a tensor; the ones on this path are shape checks, and
+    the padding branch is covered by tracing with padding (``_check_example``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated")
+        yield
+
+
+def export_torchscript(encoder: BirqFeatureEncoder, path: str, example=None) -> torch.jit.ScriptModule:
+    """Trace ``encoder`` on ``example`` (source, padding_mask) and save it to ``path``."""
+    example = example if example is not None else example_input()
+    _check_example(example[1])
+    with traceable_fairseq(), torch.no_grad(), _quiet_tracer():
+        # frozen: weights become constants, so outputs need no torch.no_grad() and no autograd state
+        traced = torch.jit.freeze(torch.jit.trace(encoder, example, check_trace=False))
+    traced.save(path)
+    return traced
+
+
+def export_onnx(encoder: BirqFeatureEncoder, path: str, example=None, opset: int = ONNX_OPSET) -> None:
+    """Export ``encoder`` to ONNX at ``path`` with dynamic batch and time axes."""
+    example = example if example is not None else example_input()
+    _check_example(example[1])
+    axes = {"source": {0: "batch", 1: "samples"}, "padding_mask": {0: "batch", 1: "samples"},
+            "features": {0: "batch", 1: "frames"}, "feature_padding_mask": {0: "batch", 1: "frames"}}
+    with traceable_fairseq(), torch.no_grad(), _quiet_tracer():
+        # the front-end's ONNX path asks torch.stft for (real, imaginary) pairs, which torch deprecates
+        warnings.filterwarnings("ignore", message="stft with return_complex=False is deprecated")
+        torch.onnx.export(encoder, example, path, dynamo=False, opset_version=opset, input_names=INPUT_NAMES,
+                          output_names=OUTPUT_NAMES, dynamic_axes=axes)
+
+
+def max_valid_difference(reference: Tuple[torch.Tensor, torch.Tensor], exported) -> float:
+    """Largest |difference| over valid frames; raises if the padding masks or shapes differ."""
+    ref_x, ref_pad = (t.detach().cpu() for t in reference)
+    x, pad = (torch.as_tensor(t).cpu() for t in exported)
+    if x.shape != ref_x.shape or not torch.equal(pad.bool(), ref_pad):
+        raise AssertionError(f"exported output has shape {tuple(x.shape)} and a padding mask "
+                             f"{'equal to' if torch.equal(pad.bool(), ref_pad) else 'unlike'} the model's "
+                             f"(shape {tuple(ref_x.shape)})")
+    valid = ~ref_pad
+    return float((x[valid] - ref_x[valid]).abs().max())
+
+
+# --------------------------------------------------------------------------- command line
+def add_parser(sub) -> None:
+    p = sub.add_parser("export", help="export a BiRQ encoder to TorchScript and/or ONNX (waveform -> layer features)")
+    p.add_argument("--path", required=True, help="BiRQ checkpoint: pretraining, or finetuned (wav2vec_ctc) from one")
+    p.add_argument("--layer", type=int, default=None,
+                   help="output of transformer layer N (1-based, as dump-features); default: the final output")
+    p.add_argument("--torchscript", help="write the traced TorchScript module here (.pt)")
+    p.add_argument("--onnx", help="write the ONNX model here (.onnx; needs pip install birq_fairseq[export])")
+    p.add_argument("--opset", type=int, default=ONNX_OPSET, help=f"ONNX opset (default {ONNX_OPSET}, needs >= 17)")
+    p.add_argument("--device", default="cpu", help="trace on this device (the TorchScript file runs there)")
+    p.add_argument("--tolerance", type=float, default=1e-3,
+                   help="largest |difference| from the fairseq model allowed on the check inputs (default 1e-3)")
+
+
+def check_lengths(sample_rate: int) -> Tuple[Tuple[int, ...], ...]:
+    """Batches of clip lengths the exported files are checked on: other lengths than the trace's."""
+    return ((sample_rate,), (int(2.7 * sample_rate), int(1.3 * sample_rate), sample_rate // 2))
+
+
+def run(args) -> int:
+    from birq_fairseq.features import load_birq_encoder
+
+    if not (args.torchscript or args.onnx):
+        raise SystemExit("birq-fairseq export: give --torchscript PATH and/or --onnx PATH")
+    model, task_cfg = load_birq_encoder(args.path)
+    if bool(task_cfg.normalize):
+        raise SystemExit(f"{args.path} was trained with task.normalize=true (waveform layer norm); the exported "
+                         "encoder takes the waveform as it is: normalise each clip before calling it")
+    encoder = BirqFeatureEncoder(model.to(args.device), args.layer)
+    example = example_input(device=args.device)
+    checks = [example_input(lengths, args.device, seed=i + 1) for i, lengths in
+              enumerate(check_lengths(int(task_cfg.sample_rate)))]
+    with torch.no_grad():
+        references = [encoder(*batch) for batch in checks]
+    for path in (args.torchscript, args.onnx):
+        if path and os.path.dirname(os.path.abspath(path)):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if args.torchscript:
+        traced = export_torchscript(encoder, args.torchscript, example)
+        with torch.no_grad():
+            diff = max(max_valid_difference(ref, traced(*batch)) for ref, batch in zip(references, checks))
+        _report("TorchScript", args.torchscript, diff, args.tolerance)
+    if args.onnx:
+        import onnxruntime
+
+        export_onnx(encoder, args.onnx, example, args.opset)
+        session = onnxruntime.InferenceSession(args.onnx, providers=["CPUExecutionProvider"])
+        diff = max(max_valid_difference(ref, session.run(None, {"source": batch[0].cpu().numpy(),
+                                                                 "padding_mask": batch[1].cpu().numpy()}))
+                   for ref, batch in zip(references, checks))
+        _report("ONNX", args.onnx, diff, args.tolerance)
+    return 0
+
+
+def _report(kind: str, path: str, diff: float, tolerance: float) -> None:
+    line = f"{kind}: {path} (max |difference| from the fairseq model on valid frames: {diff:.2e})"
+    if diff > tolerance:
+        raise SystemExit(f"{line} exceeds --tolerance {tolerance}")
+    print(line)
