@@ -26,7 +26,11 @@ setup(
     extras_require={
         # hydra's SLURM launcher (examples/pretrain/run_config); the tests compose those configs.
         "cluster": ["hydra-submitit-launcher==1.2.0"],
-        "test": ["pytest==9.2.0", "hydra-submitit-launcher==1.2.0"],
+        "test": ["pytest==9.2.0", "hydra-submitit-launcher==1.2.0",
+                 # fairseq's simple_kmeans scripts on dumped features (tests/test_features.py)
+                 "scikit-learn==1.9.1", "joblib==1.6.0"],
+        # birq-fairseq export --onnx, and running the exported encoder (tests/test_export.py)
+        "export": ["onnx==1.23.2", "onnxruntime==1.31.1"],
     },
     entry_points={"console_scripts": ["birq-fairseq=birq_fairseq.cli:main"]},
 )

@@ -14,13 +14,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt)
 
-if ! .venv/bin/python -c "import birq_fairseq, fairseq, torchaudio, flashlight.lib.text, hydra_plugins.hydra_submitit_launcher" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import birq_fairseq, fairseq, torchaudio, flashlight.lib.text, hydra_plugins.hydra_submitit_launcher, sklearn, onnx, onnxruntime" >/dev/null 2>&1; then
   echo "== installing torch and fairseq's build requirements"
   # fairseq-fixed builds its extensions against the installed torch: build without
   # isolation, or pip would fetch another torch into a throw-away build environment.
   "${PIP[@]}" torch torchaudio numpy cython setuptools wheel
   echo "== installing birq_fairseq and its pinned dependencies (first time: builds fairseq-fixed)"
-  "${PIP[@]}" --no-build-isolation -e ".[test]"
+  "${PIP[@]}" --no-build-isolation -e ".[test,export]"
 fi
 .venv/bin/python -c "import birq_fairseq, fairseq, torch, torchaudio; print(f'== python stack ok: torch {torch.__version__}, torchaudio {torchaudio.__version__}, fairseq {fairseq.__version__}')" 2>/dev/null
 
