@@ -155,7 +155,7 @@ def test_finetuned_checkpoint_features_are_its_encoders(e2e_checkpoints, tmp_pat
     from birq_fairseq.safe_globals import allow_fairseq_checkpoint_globals
 
     allow_fairseq_checkpoint_globals()
-    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([ckpt])
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([ckpt], arg_overrides={"data": str(data)})
     inner = models[0].eval().w2v_encoder.w2v_model
     wav = torch.randn(1, 20000) * 0.1
     with torch.no_grad():
