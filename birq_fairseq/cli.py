@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     features.add_parser(sub)  # dump-features: layer features for HuBERT's simple_kmeans
     export.add_parser(sub)  # export: TorchScript / ONNX encoder
+    from birq_fairseq import probe
+
+    probe.add_parser(sub)  # probe: PNMI / purity of the pretraining codes against aligned characters
     return parser
 
 
@@ -194,6 +197,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             return tool.run(args)
         except (CheckpointError, FileNotFoundError, ValueError) as e:  # bad input: one line naming it
             print(f"birq-fairseq {args.command}: error: {e}", file=sys.stderr)
+            return 1
+    if args.command == "probe":
+        from birq_fairseq import probe
+
+        try:
+            return probe.run(args)
+        except (FileNotFoundError, ValueError) as e:  # bad input (wrong checkpoint included): one line naming it
+            print(f"birq-fairseq probe: error: {e}", file=sys.stderr)
             return 1
     return 2
 
