@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.8",
     packages=find_packages(include=["birq_fairseq", "birq_fairseq.*"]),
+    package_data={"birq_fairseq": ["config/*.yaml"]},  # birq-fairseq-infer's --config-name infer
     install_requires=[
         # fairseq 0.12.2 cannot import on Python 3.11; fairseq-fixed is upstream main with fixes.
         'fairseq-fixed==0.12.3.1; python_version >= "3.11"',
@@ -32,5 +33,9 @@ setup(
         # birq-fairseq export --onnx, and running the exported encoder (tests/test_export.py)
         "export": ["onnx==1.23.2", "onnxruntime==1.31.1"],
     },
-    entry_points={"console_scripts": ["birq-fairseq=birq_fairseq.cli:main"]},
+    entry_points={"console_scripts": [
+        "birq-fairseq=birq_fairseq.cli:main",
+        # fairseq's examples/speech_recognition/new/infer.py command line (birq_fairseq/infer.py)
+        "birq-fairseq-infer=birq_fairseq.infer:cli_main",
+    ]},
 )

@@ -8,3 +8,6 @@ the task ``birq_finetuning`` (CTC decoding for fairseq-generate).
 __version__ = "0.1.0"
 
 from . import criterions, models, tasks  # noqa: F401,E402
+from .checkpoints import install as _install_checkpoint_errors  # noqa: E402
+
+_install_checkpoint_errors()  # unreadable / non-fairseq checkpoints: errors that name the file (checkpoints.py)

@@ -69,8 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_task_and_models(path: str, data: str, user_dir: Optional[str], labels: Optional[str] = None, cpu: bool = True):
     """Build the ``birq_finetuning`` task for ``data`` from the checkpoint's task config and load the model."""
-    from omegaconf import OmegaConf
-
     from birq_fairseq.safe_globals import allow_fairseq_checkpoint_globals
 
     allow_fairseq_checkpoint_globals()
@@ -80,17 +78,17 @@ def load_task_and_models(path: str, data: str, user_dir: Optional[str], labels: 
         utils.import_user_module(argparse.Namespace(user_dir=user_dir))
     # register our task even if the package was imported before --user-dir was processed
     import birq_fairseq.tasks  # noqa: F401
-    from birq_fairseq.tasks.birq_finetuning import BirqFinetuningConfig
+    from birq_fairseq.tasks.birq_finetuning import finetuning_task_config
+
+    from birq_fairseq.checkpoints import require_finetuned
 
     state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    require_finetuned(path, state)  # a pretraining / foreign checkpoint: one line naming it and the fix
     saved_cfg = state["cfg"]
-    saved_task = OmegaConf.to_container(saved_cfg.task, resolve=True)
-    known = set(BirqFinetuningConfig.__dataclass_fields__)
-    task_dict = {k: v for k, v in saved_task.items() if k in known}
-    task_dict.update({"_name": "birq_finetuning", "data": os.path.abspath(data)})
+    overrides = {"data": os.path.abspath(data)}
     if labels:
-        task_dict["labels"] = labels
-    task = tasks.setup_task(OmegaConf.create(task_dict))
+        overrides["labels"] = labels
+    task = tasks.setup_task(finetuning_task_config(saved_cfg.task, **overrides))
     models, model_cfg = checkpoint_utils.load_model_ensemble(
         [path], arg_overrides={"data": os.path.abspath(data)}, task=task, state=state
     )
@@ -179,7 +177,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                         level=os.environ.get("LOGLEVEL", "WARNING").upper(), stream=sys.stderr)
     args = build_parser().parse_args(argv)
     if args.command == "wer":
-        res = run_wer(args)
+        from birq_fairseq.checkpoints import CheckpointError
+
+        try:
+            res = run_wer(args)
+        except (CheckpointError, FileNotFoundError) as e:  # wrong or missing input: one line, no traceback
+            print(f"birq-fairseq wer: error: {e}", file=sys.stderr)
+            return 1
         print(f"{res['subset']}: {res['utterances']} utterances, {res['word_errors']} word errors / "
               f"{res['words']} words")
         print(f"WER: {res['wer']:.2f}")

@@ -50,3 +50,20 @@ def pretrained_checkpoint(synth_data, tmp_path_factory):
         f"checkpoint.save_dir={run_dir}", f"hydra.run.dir={run_dir}", "optimization.max_update=2",
         "dataset.disable_validation=true"], cwd=run_dir)
     return os.path.join(run_dir, "checkpoint_last.pt")
+
+
+@pytest.fixture(scope="session")
+def e2e_checkpoints(tmp_path_factory):
+    """tests/test_finetune_e2e.py's pipeline, once per session, for the tests that need real checkpoints.
+
+    Returns ``(tmp, data, pretrained, finetuned)``: a tiny tone corpus (with ``lexicon.txt``), a
+    pretraining checkpoint (3 updates) and a CTC checkpoint finetuned from it (4 updates).
+    """
+    from pathlib import Path
+
+    from test_finetune_e2e import finetune, make_tiny_corpus, pretrain
+
+    tmp = Path(tmp_path_factory.mktemp("e2e_shared"))
+    data = make_tiny_corpus(tmp / "corpus")
+    pretrained = pretrain(tmp, data)
+    return tmp, data, pretrained, finetune(tmp, data, pretrained)

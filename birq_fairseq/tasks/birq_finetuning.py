@@ -40,6 +40,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
 
+from birq_fairseq import checkpoints
 from birq_fairseq.data.labels import check_label_file
 from birq_fairseq.safe_globals import allow_fairseq_checkpoint_globals
 
@@ -113,9 +114,67 @@ def validate_labels(manifest_path: str, label_path: str, dictionary) -> int:
     return n
 
 
+def finetuning_task_config(task_cfg, saved_task_cfg=None, **overrides):
+    """A ``birq_finetuning`` config made from another audio-finetuning task config.
+
+    ``task_cfg`` is e.g. a command line's ``task=audio_finetuning task.data=...`` or a
+    checkpoint's saved task; keys ``birq_finetuning`` does not know are dropped,
+    ``labels`` left unset are taken from ``saved_task_cfg`` (the checkpoint's), then
+    ``overrides`` apply. Used by the decoding tools (``python -m birq_fairseq wer``,
+    ``birq-fairseq-infer``) so that they get this task's label checks, partial batches
+    and errors whatever task the model was finetuned with.
+    """
+    from omegaconf import OmegaConf
+
+    def container(c):
+        if c is None:
+            return {}
+        return OmegaConf.to_container(c, resolve=True) if OmegaConf.is_config(c) else dict(c)
+
+    known = set(BirqFinetuningConfig.__dataclass_fields__)
+    out = {k: v for k, v in container(task_cfg).items() if k in known}
+    if out.get("labels") is None:
+        out["labels"] = container(saved_task_cfg).get("labels") or "ltr"
+    out.update(overrides)
+    out["_name"] = "birq_finetuning"
+    return OmegaConf.create(out)
+
+
 @register_task("birq_finetuning", dataclass=BirqFinetuningConfig)
 class BirqFinetuningTask(AudioFinetuningTask):
     cfg: BirqFinetuningConfig
+
+    def load_target_dictionary(self):
+        if self.cfg.labels:
+            folder = self.cfg.target_dictionary or self.cfg.data
+            dict_path = os.path.join(folder, f"dict.{self.cfg.labels}.txt")
+            if not os.path.isfile(dict_path):
+                raise FileNotFoundError(
+                    f"{dict_path} not found: the dictionary of task.labels={self.cfg.labels}, which indexes the CTC "
+                    f"output layer; copy the dict.{self.cfg.labels}.txt the model was finetuned with into {folder}, "
+                    "or point task.target_dictionary (fairseq-generate: --target-dictionary) at its folder; "
+                    "birq-fairseq-infer and `python -m birq_fairseq wer` use the copy inside the finetuned checkpoint"
+                )
+        return super().load_target_dictionary()
+
+    def build_model(self, model_cfg, from_checkpoint=False):
+        """Check the checkpoint's kind first: a pretraining one given to decoding, or a finetuned / foreign one
+        given as ``model.w2v_path``, stops with one line naming the file and the fix (birq_fairseq/checkpoints.py)."""
+        if from_checkpoint:  # decoding (fairseq-generate --path, load_model_ensemble): a finetuned model is needed
+            path, state = checkpoints.last_read()
+            if state is None or checkpoints.describe(state)[1] != getattr(model_cfg, "_name", None):
+                state = {"cfg": {"model": model_cfg}}
+            checkpoints.require_finetuned(path or "the checkpoint", state)
+        else:
+            w2v_path = getattr(model_cfg, "w2v_path", None)
+            if w2v_path and getattr(model_cfg, "w2v_args", None) is None and os.path.isfile(w2v_path):
+                try:
+                    state = checkpoints.torch_open(w2v_path)
+                except Exception:  # unreadable: fairseq's load_checkpoint_to_cpu says why, naming the file
+                    state = None
+                if state is not None:
+                    checkpoints.require_pretrained(w2v_path, state)
+        return super().build_model(model_cfg, from_checkpoint)
 
     def load_dataset(self, split: str, task_cfg=None, **kwargs):
         task_cfg = task_cfg or self.cfg
