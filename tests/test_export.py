@@ -12,7 +12,7 @@ import torch
 
 from birq_fairseq.export import BirqFeatureEncoder, example_input, export_onnx, export_torchscript
 from birq_fairseq.models.birq import BirqConfig, BirqModel
-from conftest import REPO, run_console, tiny_model_overrides
+from conftest import run_console, tiny_model_overrides
 
 onnxruntime = pytest.importorskip("onnxruntime")  # the `export` extra; scripts/setup.sh installs it
 
@@ -131,13 +131,9 @@ def test_export_command_on_a_pretraining_checkpoint(pretrained_checkpoint, tmp_p
 
 
 @pytest.mark.e2e
-def test_export_command_errors_name_the_problem(pretrained_checkpoint, tmp_path):
-    import subprocess
-    import sys
+def test_export_command_errors_name_the_problem(pretrained_checkpoint, tmp_path, capsys):
+    from birq_fairseq.cli import main
 
-    proc = subprocess.run([sys.executable, "-m", "birq_fairseq", "export", "--path", pretrained_checkpoint,
-                           "--layer", "9", "--onnx", str(tmp_path / "x.onnx")],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert proc.returncode == 1
-    assert "--layer 9 is outside the encoder: it has 4 layers" in proc.stderr.strip().splitlines()[-1]
+    assert main(["export", "--path", pretrained_checkpoint, "--layer", "9", "--onnx", str(tmp_path / "x.onnx")]) == 1
+    assert "--layer 9 is outside the encoder: it has 4 layers" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "x.onnx").exists()

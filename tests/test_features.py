@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from birq_fairseq.features import NpyRowWriter, load_birq_encoder, shard_paths, shard_utterances
+from birq_fairseq.features import NpyRowWriter, dump_features, load_birq_encoder, shard_paths, shard_utterances
 from conftest import run_console
 
 SIMPLE_KMEANS = os.path.join(os.path.dirname(__import__("fairseq").__file__), "examples", "hubert", "simple_kmeans")
@@ -112,13 +112,16 @@ def test_dumped_features_feed_fairseqs_kmeans_and_match_extract_features(pretrai
 @pytest.mark.e2e
 def test_shards_resume_skip_finished_and_redo_partial(pretrained_checkpoint, synth_data, tmp_path):
     feat_dir = str(tmp_path / "feats")
-    os.makedirs(feat_dir)
-    dump(pretrained_checkpoint, synth_data, feat_dir, 0)
+
+    def dump_shard(rank):  # what `birq-fairseq dump-features` runs, in this process
+        return dump_features(pretrained_checkpoint, synth_data, "train", 2, 2, rank, feat_dir, progress=False)
+
+    assert not dump_shard(0)["skipped"]
     npy0, len0 = shard_paths(feat_dir, "train", 2, 0)
     finished = (open(npy0, "rb").read(), open(len0).read(), os.stat(npy0).st_mtime_ns)
 
     # a rerun skips the finished shard and leaves it as it was
-    assert "already finished, skipped" in dump(pretrained_checkpoint, synth_data, feat_dir, 0)
+    assert dump_shard(0)["skipped"]
     assert os.stat(npy0).st_mtime_ns == finished[2]
 
     # shard 1 interrupted mid-write: partial files under their .partial names, nothing final
@@ -127,15 +130,15 @@ def test_shards_resume_skip_finished_and_redo_partial(pretrained_checkpoint, syn
         f.write(b"\x93NUMPY truncated")
     with open(len1 + ".partial", "w") as f:
         f.write("31\n")
-    out = dump(pretrained_checkpoint, synth_data, feat_dir, 1)
-    assert "(written)" in out and not os.path.exists(npy1 + ".partial") and not os.path.exists(len1 + ".partial")
+    result = dump_shard(1)
+    assert not result["skipped"] and not os.path.exists(npy1 + ".partial") and not os.path.exists(len1 + ".partial")
     assert len(open(len1).read().split()) == 4
-    assert sum(int(n) for n in open(len1).read().split()) == np.load(npy1).shape[0]
+    assert sum(int(n) for n in open(len1).read().split()) == np.load(npy1).shape[0] == result["frames"]
 
     # a shard whose .len does not add up (e.g. copied in from elsewhere) is redone, not trusted
     with open(len1, "w") as f:
         f.write("1\n2\n")
-    assert "(written)" in dump(pretrained_checkpoint, synth_data, feat_dir, 1)
+    assert not dump_shard(1)["skipped"]
     assert len(open(len1).read().split()) == 4
 
     # the other shard's files were never touched
@@ -173,13 +176,13 @@ def test_finetuned_checkpoint_features_are_its_encoders(e2e_checkpoints, tmp_pat
 
 
 @pytest.mark.e2e
-def test_wrong_input_gives_one_line_naming_it(pretrained_checkpoint, synth_data, tmp_path):
+def test_wrong_input_gives_one_line_naming_it(pretrained_checkpoint, synth_data, tmp_path, capsys):
+    from birq_fairseq.cli import main
+
     def fails(*args):
-        proc = subprocess.run([sys.executable, "-m", "birq_fairseq", "dump-features", "--path", pretrained_checkpoint,
-                               "--data", synth_data, "--feat-dir", str(tmp_path)] + list(args),
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 1, proc.stderr[-2000:]
-        return proc.stderr.strip().splitlines()[-1]
+        assert main(["dump-features", "--path", pretrained_checkpoint, "--data", synth_data,
+                     "--feat-dir", str(tmp_path)] + list(args)) == 1
+        return capsys.readouterr().err.strip().splitlines()[-1]
 
     assert "--layer 7 is outside the encoder: it has 4 layers" in fails("--split", "train", "--layer", "7")
     assert "manifest not found: " + os.path.join(synth_data, "nope.tsv") in fails("--split", "nope")
