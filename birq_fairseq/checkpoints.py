@@ -28,7 +28,6 @@ need a BiRQ encoder).
 import glob
 import logging
 import os
-import re
 from typing import Optional, Tuple
 
 logger = logging.getLogger(__name__)
@@ -149,30 +148,27 @@ def torch_open(path: str):
     return torch.load(path, map_location="cpu", mmap=zipfile.is_zipfile(path))
 
 
-def readable(path: str) -> bool:
-    """True if ``path`` opens as a torch checkpoint."""
-    try:
-        torch_open(path)
-        return True
-    except Exception:
-        return False
-
-
-def _update_number(path: str) -> Tuple[int, float]:
-    m = re.search(r"checkpoint_(\d+)_(\d+)\.pt$", path) or re.search(r"checkpoint(\d+)\.pt$", path)
-    n = int(m.groups()[-1]) if m else -1
-    return n, os.path.getmtime(path)
-
-
 def newest_intact_sibling(path: str) -> Optional[str]:
-    """The newest readable ``checkpoint*.pt`` in ``path``'s directory other than ``path`` (by update, then mtime)."""
+    """The ``checkpoint*.pt`` beside ``path`` (not ``path``) that opens and holds the most updates.
+
+    Ranked by the update count stored in each file (then modification time), so epoch
+    (``checkpoint3.pt``), update (``checkpoint_1_400.pt``) and best checkpoints compare fairly.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    candidates = [p for p in glob.glob(os.path.join(folder, "checkpoint*.pt"))
-                  if os.path.abspath(p) != os.path.abspath(path)]
-    for cand in sorted(candidates, key=_update_number, reverse=True):
-        if readable(cand):
-            return cand
-    return None
+    best, best_key = None, None
+    for cand in glob.glob(os.path.join(folder, "checkpoint*.pt")):
+        if os.path.abspath(cand) == os.path.abspath(path):
+            continue
+        try:
+            state = torch_open(cand)
+        except Exception:
+            continue
+        history = (state.get("optimizer_history") if isinstance(state, dict) else None) or [{}]
+        updates = history[-1].get("num_updates")
+        key = (-1 if updates is None else int(updates), os.path.getmtime(cand))
+        if best_key is None or key > best_key:
+            best, best_key = cand, key
+    return best
 
 
 def corrupt_message(path: str, reason: str) -> str:

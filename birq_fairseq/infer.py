@@ -177,9 +177,11 @@ class InferenceProcessor:
             require_finetuned(path, state)
             if "adapter" in state:
                 raise ValueError(f"{path}: checkpoints with MMS adapters are not supported by birq-fairseq-infer")
+            saved_task = state["cfg"].task
+            del state  # the weights are read again by load_model_ensemble, as in infer.py
         if OmegaConf.is_missing(cfg, "task") or cfg.task is None:
             raise ValueError("no task: add task=audio_finetuning task.data=DATA (as with fairseq's infer.py)")
-        self.task = tasks.setup_task(finetuning_task_config(cfg.task, state["cfg"].task))
+        self.task = tasks.setup_task(finetuning_task_config(cfg.task, saved_task))
 
         self.models, self.saved_cfg = self.load_model_ensemble(paths)
         self.tgt_dict = self.task.target_dictionary

@@ -30,10 +30,10 @@ PKG = REPO / "birq_fairseq"
 BIN = Path(sys.executable).parent
 
 
-def fake_checkpoint(path: Path, model: str, task: str, **model_fields) -> Path:
+def fake_checkpoint(path: Path, model: str, task: str, num_updates: int = 2, **model_fields) -> Path:
     """A fairseq-shaped checkpoint (config only, no weights) of the given model family."""
     torch.save({"cfg": {"model": {"_name": model, **model_fields}, "task": {"_name": task}}, "model": {},
-                "optimizer_history": [{"criterion_name": "x", "best_loss": None, "num_updates": 2}],
+                "optimizer_history": [{"criterion_name": "x", "best_loss": None, "num_updates": num_updates}],
                 "extra_state": {}}, str(path))
     return path
 
@@ -88,8 +88,9 @@ def test_bare_state_dict_names_the_file(tmp_path):
 def test_truncated_checkpoint_names_newest_intact_sibling(tmp_path):
     from fairseq import checkpoint_utils
 
-    good = fake_checkpoint(tmp_path / "checkpoint_1_200.pt", "birq", "birq_pretraining")
-    fake_checkpoint(tmp_path / "checkpoint_1_100.pt", "birq", "birq_pretraining")  # older, also intact
+    good = fake_checkpoint(tmp_path / "checkpoint_1_200.pt", "birq", "birq_pretraining", num_updates=200)
+    # fewer updates, though written later and named like a later epoch: intact, but not the newest
+    fake_checkpoint(tmp_path / "checkpoint9.pt", "birq", "birq_pretraining", num_updates=100)
     truncate(good, tmp_path / "checkpoint_2_400.pt")  # newer but cut short
     last = truncate(good, tmp_path / "checkpoint_last.pt")
     with pytest.raises(CheckpointError) as e:
