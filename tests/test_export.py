@@ -1,7 +1,8 @@
 """TorchScript and ONNX export of the BiRQ encoder: outputs match the fairseq model's.
 
-Tolerances (max |difference| on valid frames, features of scale ~1): TorchScript 1e-5 (the
-same kernels), ONNX 1e-3 (onnxruntime's STFT and kernels; measured ~2e-4 on these models).
+Tolerances (max |difference| on valid frames, features of scale ~1-5): TorchScript 1e-5 (the
+same kernels, frozen), ONNX 3e-5 (onnxruntime's kernels; measured ~3e-6 on the tiny models and
+~6e-6 on a base-shaped 12x768 one).
 """
 
 import os
@@ -16,7 +17,7 @@ from conftest import run_console, tiny_model_overrides
 
 onnxruntime = pytest.importorskip("onnxruntime")  # the `export` extra; scripts/setup.sh installs it
 
-TS_TOL, ONNX_TOL = 1e-5, 1e-3
+TS_TOL, ONNX_TOL = 1e-5, 3e-5
 # (B,) clip lengths in samples, none of them the trace example's (24000, 16000)
 BATCHES = [(16000,), (9000,), (40000, 20000, 12000), (7000, 7000)]
 
