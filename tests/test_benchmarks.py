@@ -25,8 +25,14 @@ TINY = dict(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, en
             dropout=0.0, attention_dropout=0.0)
 
 PLAN = dict(quick=True, ratio_model=TINY, ratio_grid=[(2, 1)], nograd_k={2: 1}, ratio_batch=(1, 1.0),
-            ratio_rounds=2, tput=[("tiny", TINY, 1, 1.0, 1)], mm_n=256, scale_model=dict(TINY, encoder_layers=4),
+            ratio_rounds=2, tput=[("tiny", TINY, 1, 1.0, 1, ["bestrq", "birq"])], mm_n=256,
+            scale_model=dict(TINY, encoder_layers=4),
             scale_len=[0.5, 1.0], scale_batch=[1, 2], scale_batch_seconds=1.0, scale_rounds=1)
+# fairseq's wav2vec 2.0 / HuBERT shrunk to test size (the benchmark runs their base recipes).
+TINY_BASELINE = dict(encoder_layers=1, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
+                     conv_feature_layers="[(16,10,5)] + [(16,3,2)] * 4 + [(16,2,2)] * 2", final_dim=16,
+                     conv_pos=8, conv_pos_groups=2)
+BASELINES = {"wav2vec2": dict(TINY_BASELINE, latent_vars=8), "hubert": TINY_BASELINE}
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +159,52 @@ def test_kmeans_label_files(tmp_path):
     lines = (tmp_path / "train.km").read_text().splitlines()
     assert [len(line.split()) for line in lines] == [20, 30]
     assert all(0 <= int(x) < 4 for line in lines for x in line.split())
+
+
+def test_alternatives_paper_rows_and_cost(tmp_path):
+    """Part 2 with fairseq's wav2vec 2.0 and HuBERT on the same audio, part 5 memory rows, part 6 cost."""
+    plan = dict(PLAN, baseline_overrides=BASELINES,
+                tput=[("base", dict(TINY, encoder_layers=2, enhanced_layer=1), 1, 1.0, 2,
+                       ["wav2vec2", "hubert", "bestrq", "birq"])])
+    rows = R.part2_throughput(plan, log=lambda *_: None)
+    by = {r["variant"]: r for r in rows}
+    assert list(by) == ["wav2vec2", "hubert", "bestrq", "birq"]
+    for r in rows:
+        assert r["step_flops"] > 0 and r["flops_per_audio_s"] == pytest.approx(r["step_flops"] / 1.0)
+        assert r["speed_vs_wav2vec2"] > 0
+    assert by["wav2vec2"]["speed_vs_wav2vec2"] == pytest.approx(1.0)
+    # targets only on the 12 x 768 rows, named "base": BiRQ >= 2x, BEST-RQ >= 3.5x wav2vec 2.0
+    assert by["birq"]["speed_target"] == 2.0 and by["bestrq"]["speed_target"] == 3.5
+    assert by["birq"]["speed_pass"] == (by["birq"]["speed_vs_wav2vec2"] >= 2.0)
+    assert by["hubert"]["speed_target"] is None and by["birq"]["birq_over_bestrq"] > 0
+    assert by["wav2vec2"]["birq_over_bestrq"] is None
+
+    memory = {"base:bestrq": {"step_peak_delta_bytes": 100}, "base:birq": {"step_peak_delta_bytes": 140}}
+    paper = R.summarize_paper(rows, memory)
+    assert [r["variant"] for r in paper] == ["birq"]
+    assert paper[0]["mem_ratio"] == pytest.approx(1.4) and paper[0]["mem_target"] == pytest.approx(1.5)
+    assert paper[0]["mem_pass"] and paper[0]["step_ratio"] == by["birq"]["birq_over_bestrq"]
+
+    cost = R.cost_at_scale(rows)
+    assert [r["variant"] for r in cost] == ["wav2vec2", "hubert", "bestrq", "birq"]
+    for r in cost:  # flops/audio-s x 960 h x 100 epochs / (40% of 989 TFLOP/s)
+        expected = r["gflop_per_audio_s"] * 1e9 * 960 * 3600 * 100 / (0.4 * 989e12) / 3600
+        assert r["h100_hours"] == pytest.approx(expected)
+    published = R.published_budgets(rows)
+    w2v = published[0]
+    assert w2v["measured_as"] == "wav2vec2" and w2v["gpu_hours"] == pytest.approx(64 * 1.6 * 24)
+    assert w2v["epochs"] == pytest.approx(400_000 * 64 * 87.5 / (960 * 3600))
+    assert w2v["h100_hours_same_audio"] == pytest.approx(
+        by["wav2vec2"]["flops_per_audio_s"] * 400_000 * 64 * 87.5 / (0.4 * 989e12) / 3600)
+    res = {"throughput": rows, "paper": paper,
+           "cost": {"rows": cost, "mfu": R.MFU, "h100_bf16_peak": R.H100_BF16_PEAK, "hours": 960, "epochs": 100,
+                    "published": published}}
+    text = R.tables(res)
+    assert "speed vs wav2vec 2.0" in text and "Part 5" in text and "Part 6" in text and "H100-hours" in text
+    assert "wav2vec 2.0 Base" in text and "HuBERT Base" in text
+
+
+def test_memory_worker_measures_named_configs():
+    configs = {"a:bestrq": dict(overrides=B.model_overrides(TINY, "bestrq"), batch=1, seconds=0.5)}
+    out = R.run_memory_worker({"configs": configs, "steps": [1, 1]})
+    assert set(out) == {"a:bestrq"} and out["a:bestrq"]["peak_rss_bytes"] >= out["a:bestrq"]["baseline_rss_bytes"]

@@ -45,14 +45,17 @@ TINY = dict(
     mask_prob=0.4, mask_length=5, anchor_codebook_size=256, enhanced_codebook_size=256,
     enhanced_layer=2, gumbel_temp=(2.0, 0.5, 0.995),
 )
-# examples/pretrain/base_birq_librispeech.yaml's model (12 x 768, V=8192), layerdrop 0 so
-# every step runs the same layers (timing, FLOP count), fp32 (CPU).
+# examples/pretrain/base_birq_librispeech.yaml's model (12 x 768, V=8192, k = round(0.7 L) = 8,
+# the paper's depth), layerdrop 0 so every step runs the same layers (timing, FLOP count), fp32 (CPU).
 BASE = dict(
     encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12,
     conv_channels=128, conv_pos=64, conv_pos_groups=16, encoder_layerdrop=0.0, dropout_input=0.1,
     mask_prob=0.4, mask_length=10,
-    anchor_codebook_size=8192, enhanced_codebook_size=8192, enhanced_layer=6,
+    anchor_codebook_size=8192, enhanced_codebook_size=8192, enhanced_layer=8,
 )
+# The paper's LibriSpeech model: a 10-layer Conformer, ~155M parameters. 768 / FFN 3072 / 12
+# heads gives 147M (BEST-RQ) and 153M (BiRQ, + the enhanced head); k = round(0.7 x 10) = 7.
+CONFORMER = dict(BASE, layer_type="conformer", encoder_layers=10, enhanced_layer=7)
 
 VARIANTS = {
     "bestrq": dict(enhanced_stream=False),
@@ -98,7 +101,9 @@ def train_step(model, criterion, optimizer, sample) -> float:
     loss, _, _ = criterion(model, sample)
     loss.backward()
     optimizer.step()
-    model.set_num_updates(model.num_updates + 1)
+    updates = getattr(model, "num_updates", 0) + 1
+    model.set_num_updates(updates)
+    model.num_updates = updates  # fairseq's wav2vec 2.0 / HuBERT keep no counter of their own
     return float(loss.detach())
 
 
@@ -222,18 +227,19 @@ def _trim():
         pass
 
 
-def measure_step_memory(overrides: dict, batch: int, seconds: float, repeats: int = 2) -> dict:
+def measure_step_memory(overrides: dict, batch: int, seconds: float, repeats: int = 2, warmup: int = 2) -> dict:
     """Peak resident memory of one training step above the resident memory before it.
 
     Run in a fresh process with MALLOC_MMAP_THRESHOLD_ set (see run.py): every large
     tensor is then its own mmap, returned to the OS when freed, so RSS tracks live tensor
-    bytes. Two warm-up steps allocate the optimizer state and gradients; then, per repeat,
+    bytes. Warm-up steps (two by default; one suffices for Adam's state) allocate the optimizer
+    state; then, per repeat,
     trim malloc, read RSS (baseline: weights + grads + Adam state + batch), reset the
     kernel's peak-RSS counter, run one step and read the peak. The delta is the step's
     transient memory (activations saved for backward, logits, temporaries)."""
     model, criterion, optimizer = build(overrides)
     sample = make_sample(batch, seconds)
-    for _ in range(2):
+    for _ in range(warmup):
         train_step(model, criterion, optimizer, sample)
     deltas, peaks, bases = [], [], []
     for _ in range(repeats):

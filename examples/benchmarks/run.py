@@ -1,18 +1,22 @@
 #!/usr/bin/env python
-"""BiRQ benchmark harness (issue #5). One command:
+"""BiRQ benchmark harness (issues #5, #10). One command:
 
-    .venv/bin/python examples/benchmarks/run.py [--quick] [--data MANIFEST_DIR] [--parts 1,2,3,4]
+    .venv/bin/python examples/benchmarks/run.py [--quick] [--data MANIFEST_DIR] [--parts 1,2,3,4,5]
 
-Prints a table, writes examples/benchmarks/results/latest.json and latest.png.
+Prints tables, writes examples/benchmarks/results/latest.json and latest.png.
 
 1. step time and step memory: BiRQ (layer k of L) and BiRQ without label gradient vs
    BEST-RQ, same model and batch, interleaved rounds, median of per-round ratios; memory
    = peak RSS of one step above the RSS before it, in a separate process (see
    bench_lib.measure_step_memory).
 2. throughput (audio s / s) and FLOP rate (FlopCounterMode over one step) as a fraction of
-   the same process's dense fp32 torch.mm rate, tiny and base-shaped (12x768) models.
+   the same process's dense fp32 torch.mm rate: tiny; base-shaped (12x768, k = round(0.7 L) = 8)
+   next to fairseq's own wav2vec 2.0 and HuBERT pretraining steps (baselines.py) on the same
+   audio; the paper's 10-layer Conformer (k = 7); BiRQ's label-generator levers where the model
+   has them. Part 6 (printed with it): GPU-hours at LibriSpeech scale from the FLOPs per audio s.
 3. label cost: fairseq's HuBERT two-iteration pipeline vs one BiRQ run (label_pipeline.py).
 4. scaling of the step with utterance length and batch size, with a per-piece breakdown.
+5. step memory at the paper's shapes (BEST-RQ, BiRQ, levers), with part 2's step ratios.
 """
 
 import argparse
@@ -35,19 +39,64 @@ import bench_lib as B  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 STEP_SLACK = 0.05
+# Audio-seconds-per-second speed-ups over fairseq's wav2vec 2.0 that the 12 x 768 rows must reach.
+SPEED_TARGETS = {"bestrq": 3.5, "birq": 2.0}
+# BiRQ variants: the label-generator levers (model config switches), where this BirqModel has them.
+LEVERS = {"birq+shared_subsampling": dict(mask_after_subsampling=True),
+          "birq+ckpt_generator": dict(enhanced_checkpoint_activations=True),
+          "birq+both": dict(mask_after_subsampling=True, enhanced_checkpoint_activations=True)}
+TINY_SYSTEMS = ["bestrq", "birq"]
+PAPER_SYSTEMS = ["bestrq", "birq", *LEVERS]
+BASE_SYSTEMS = ["wav2vec2", "hubert", *PAPER_SYSTEMS]
+SHAPES = {"tiny": B.TINY, "base": B.BASE, "conformer": B.CONFORMER}
+
+
+def available(systems):
+    """The systems this checkout can build (lever switches appear with the model's config fields)."""
+    from dataclasses import fields
+
+    from birq_fairseq.models.birq import BirqConfig
+
+    names = {f.name for f in fields(BirqConfig)}
+    return [s for s in systems if s not in LEVERS or set(LEVERS[s]) <= names]
+
+
+def system_overrides(shape: dict, system: str) -> dict:
+    if system in LEVERS:
+        return B.model_overrides(shape, "birq", **LEVERS[system])
+    return B.model_overrides(shape, system)
+
+
+def build_system(system: str, shape: dict, baseline_overrides: dict = None):
+    """(model, criterion, optimizer, sample transform) of one system at one shape. fairseq's
+    wav2vec 2.0 and HuBERT are always their base recipes (plus ``baseline_overrides[system]``)."""
+    if system in ("wav2vec2", "hubert"):
+        import baselines as BL
+
+        over = (baseline_overrides or {}).get(system)
+        if system == "wav2vec2":
+            return (*BL.build_wav2vec2(over), lambda s: s)
+        return (*BL.build_hubert(over), BL.add_hubert_labels)
+    return (*B.build(system_overrides(shape, system)), lambda s: s)
 
 
 def plan(quick: bool) -> dict:
     if quick:
         return dict(quick=True,
             ratio_grid=[(4, 2)], nograd_k={4: 2}, ratio_batch=(2, 2.0), ratio_rounds=3,
-            tput=[("tiny", B.TINY, 2, 4.0, 3), ("base", B.BASE, 1, 2.0, 1)],
+            tput=[("tiny", B.TINY, 2, 4.0, 3, TINY_SYSTEMS), ("base", B.BASE, 1, 2.0, 1, BASE_SYSTEMS)],
+            paper_memory=[], paper_memory_steps=(1, 1),
             label_updates=3, label_utts=8, scale_len=[2.0, 4.0], scale_batch=[1, 2], scale_rounds=2,
         )
     return dict(
-        quick=False, ratio_grid=[(4, 1), (4, 2), (4, 3), (8, 1), (8, 4), (8, 7)], nograd_k={4: 2, 8: 4},
-        ratio_batch=(4, 4.0), ratio_rounds=21,
-        tput=[("tiny", B.TINY, 2, 8.0, 5), ("base", B.BASE, 2, 8.0, 3)],
+        quick=False, ratio_grid=[(4, 1), (4, 2), (4, 3), (8, 1), (8, 4), (8, 6), (8, 7)], nograd_k={4: 2, 8: 4},
+        ratio_batch=(4, 4.0), ratio_rounds=15,
+        # (name, shape, batch, seconds, rounds, systems): base = the paper's depth k = round(0.7 L) = 8
+        # of 12, next to fairseq's wav2vec 2.0 and HuBERT; conformer = the paper's 10-layer model, k=7.
+        tput=[("tiny", B.TINY, 2, 8.0, 5, TINY_SYSTEMS), ("base", B.BASE, 1, 8.0, 3, BASE_SYSTEMS),
+              ("conformer", B.CONFORMER, 1, 8.0, 2, PAPER_SYSTEMS)],
+        # part 5: step memory at the paper's settings (shape name, batch, seconds), 1 warm-up + 1 step
+        paper_memory=[("base", 1, 8.0), ("conformer", 1, 8.0)], paper_memory_steps=(1, 1),
         label_updates=50, label_utts=96, scale_len=[2.0, 4.0, 8.0, 16.0], scale_batch=[1, 2, 4, 8],
         scale_rounds=5,
     )
@@ -82,28 +131,35 @@ def part1_step(p, log) -> dict:
     return {"batch": batch, "seconds": seconds, "rounds": p["ratio_rounds"], "times": times, "flops": flops}
 
 
-def part1_memory(p, log) -> dict:
-    """All configs in one fresh process whose malloc returns big blocks to the OS."""
-    batch, seconds = p["ratio_batch"]
+def run_memory_worker(job: dict) -> dict:
+    """Measure in one fresh process whose malloc returns big blocks to the OS."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0",
                OMP_NUM_THREADS=str(torch.get_num_threads()))
-    log(f"  [memory] subprocess, {len(ratio_configs(p))} configs")
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_memory-worker",
-                          json.dumps({"quick": p["quick"], "threads": torch.get_num_threads(),
-                                      "batch": batch, "seconds": seconds})],
+                          json.dumps(dict(job, threads=torch.get_num_threads()))],
                          env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError("memory worker failed:\n" + out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def part1_memory(p, log) -> dict:
+    batch, seconds = p["ratio_batch"]
+    configs = {name: dict(overrides=over, batch=batch, seconds=seconds)
+               for name, (_, _, over) in ratio_configs(p).items()}
+    log(f"  [memory] subprocess, {len(configs)} configs")
+    return run_memory_worker({"configs": configs})
+
+
 def memory_worker(arg: str) -> None:
+    """{"configs": {name: {overrides, batch, seconds}}, "steps": [warmup, repeats]} -> JSON line."""
     args = json.loads(arg)
     torch.set_num_threads(args["threads"])
-    p = plan(args["quick"])
+    warmup, repeats = args.get("steps", (2, 2))
     result = {}
-    for name, (_, _, over) in ratio_configs(p).items():
-        result[name] = B.measure_step_memory(over, args["batch"], args["seconds"])
+    for name, c in args["configs"].items():
+        result[name] = B.measure_step_memory(c["overrides"], c["batch"], c["seconds"],
+                                             repeats=repeats, warmup=warmup)
         B._trim()
     print(json.dumps(result))
 
@@ -134,40 +190,130 @@ def summarize_part1(step: dict, memory: dict, p: dict) -> list:
 
 # --------------------------------------------------------------------------- part 2
 def part2_throughput(p, log) -> list:
+    """Every system of a shape on the same batch, interleaved with a torch.mm reference."""
     rows = []
-    for name, base, batch, seconds, rounds in p["tput"]:
-        sample = B.make_sample(batch, seconds)
-        built = {v: B.build(B.model_overrides(base, v)) for v in ("bestrq", "birq")}
-        flops = {}
-        # The warm-up step of each variant is the FLOP-counted step.
-        for v, (m, c, o) in built.items():
-            flops[v] = B.count_step_flops(m, c, o, sample, seed=0)
-        runners = {v: (lambda mco=mco: B.train_step(*mco, sample)) for v, mco in built.items()}
+    for name, shape, batch, seconds, rounds, systems in p["tput"]:
+        systems = available(systems)
+        base_sample = B.make_sample(batch, seconds)
+        built, samples, flops = {}, {}, {}
+        for v in systems:
+            model, crit, opt, prepare = build_system(v, shape, p.get("baseline_overrides"))
+            built[v], samples[v] = (model, crit, opt), prepare(base_sample)
+            # The warm-up step of each system is the FLOP-counted step.
+            flops[v] = B.count_step_flops(model, crit, opt, samples[v], seed=0)
+        runners = {v: (lambda mco=built[v], s=samples[v]: B.train_step(*mco, s)) for v in systems}
         mm_rates = []
         mm_n = p.get("mm_n", 2048)
         runners["matmul"] = lambda: mm_rates.append(B.matmul_rate(n=mm_n, reps=3))
-        log(f"  [throughput] {name}: {batch}x{seconds:g}s, {rounds} rounds")
+        log(f"  [throughput] {name}: {', '.join(systems)}; {batch}x{seconds:g}s, {rounds} rounds")
         times = B.interleaved(runners, rounds=rounds, warmup=0)
         times.pop("matmul")
         mm_rate = B.median(mm_rates)  # per round: best of 3 torch.mm; median over rounds
-        L, k = base["encoder_layers"], base["enhanced_layer"]
-        time_ratio = B.ratio_stats(times, "birq", "bestrq")["ratio"]
-        for v in ("bestrq", "birq"):
+        L, k = shape["encoder_layers"], shape["enhanced_layer"]
+        for v in systems:
             step = B.median(times[v])
-            rows.append({
+            row = {
                 "model": name, "variant": v, "batch": batch, "seconds": seconds,
                 "params": sum(x.numel() for x in built[v][0].parameters()),
                 "step_s": step, "audio_s_per_s": batch * seconds / step,
-                "step_flops": flops[v], "flop_rate": flops[v] / step, "matmul_rate": mm_rate,
-                "mm_fraction": flops[v] / step / mm_rate,
+                "step_flops": flops[v], "flops_per_audio_s": flops[v] / (batch * seconds),
+                "flop_rate": flops[v] / step, "matmul_rate": mm_rate, "mm_fraction": flops[v] / step / mm_rate,
                 "target_mm_fraction": 0.25 if name == "base" else None,
                 "pass": (flops[v] / step / mm_rate >= 0.25) if name == "base" else None,
-                "birq_over_bestrq": time_ratio if v == "birq" else None,
-                "flop_ratio": flops["birq"] / flops["bestrq"] if v == "birq" else None,
-                "L": L, "k": k, "step_target": 1 + k / L + STEP_SLACK,
-                "step_pass": (time_ratio <= 1 + k / L + STEP_SLACK) if v == "birq" else None,
-            })
+                "birq_over_bestrq": None, "flop_ratio": None, "L": L, "k": k,
+                "step_target": 1 + k / L + STEP_SLACK, "step_pass": None,
+                "speed_vs_wav2vec2": None, "speed_target": None, "speed_pass": None,
+            }
+            if v.startswith("birq") and "bestrq" in systems:
+                ratio = B.ratio_stats(times, v, "bestrq")["ratio"]
+                row.update(birq_over_bestrq=ratio, flop_ratio=flops[v] / flops["bestrq"],
+                           step_pass=ratio <= 1 + k / L + STEP_SLACK)
+            if "wav2vec2" in systems:
+                # same audio: the ratio of step times is the ratio of audio seconds per second
+                speed = B.ratio_stats(times, "wav2vec2", v)["ratio"]
+                target = SPEED_TARGETS.get(v) if name == "base" else None
+                row.update(speed_vs_wav2vec2=speed, speed_target=target,
+                           speed_pass=(speed >= target) if target else None)
+            rows.append(row)
         del built, runners
+    return rows
+
+
+# --------------------------------------------------------------------------- part 5
+def part5_memory(p, log) -> dict:
+    """Step memory of BEST-RQ, BiRQ and the lever variants at the paper's shapes (fresh process)."""
+    configs = {}
+    for shape_name, batch, seconds in p["paper_memory"]:
+        for v in available(PAPER_SYSTEMS):
+            configs[f"{shape_name}:{v}"] = dict(overrides=system_overrides(SHAPES[shape_name], v),
+                                                batch=batch, seconds=seconds)
+    if not configs:
+        return {}
+    log(f"  [memory] subprocess, {len(configs)} configs at the paper's shapes")
+    return run_memory_worker({"configs": configs, "steps": p["paper_memory_steps"]})
+
+
+def summarize_paper(throughput: list, memory: dict) -> list:
+    """Part 5 rows: BiRQ (and levers) vs BEST-RQ at k = round(0.7 L): step (part 2) and memory."""
+    rows = []
+    for r in throughput:
+        if r["model"] not in ("base", "conformer") or r["birq_over_bestrq"] is None:
+            continue
+        mem = memory.get(f"{r['model']}:{r['variant']}")
+        ref = memory.get(f"{r['model']}:bestrq")
+        mem_ratio = mem["step_peak_delta_bytes"] / ref["step_peak_delta_bytes"] if mem and ref else None
+        rows.append({"model": r["model"], "variant": r["variant"], "L": r["L"], "k": r["k"],
+                     "params": r["params"], "step_ratio": r["birq_over_bestrq"], "flop_ratio": r["flop_ratio"],
+                     "step_target": r["step_target"], "step_pass": r["step_pass"],
+                     "mem_step_bytes": mem["step_peak_delta_bytes"] if mem else None,
+                     "bestrq_mem_step_bytes": ref["step_peak_delta_bytes"] if ref else None,
+                     "mem_ratio": mem_ratio, "mem_target": 1 + r["k"] / r["L"],
+                     "mem_pass": (mem_ratio <= 1 + r["k"] / r["L"]) if mem_ratio else None})
+    return rows
+
+
+# --------------------------------------------------------------------------- part 6
+# LibriSpeech 960 h x 100 epochs on H100s at a stated fraction of the dense bf16 peak.
+H100_BF16_PEAK = 989e12
+MFU = 0.40
+HOURS, EPOCHS = 960, 100
+# Published pretraining budgets of the Base models on LibriSpeech 960 h, as the papers state them
+# (recalled, not re-checked against the papers' text here): GPUs, days, updates, audio per GPU
+# per update. From updates x GPUs x batch: how many epochs of 960 h those runs saw.
+PUBLISHED = [
+    dict(system="wav2vec 2.0 Base", measured_as="wav2vec2", gpus=64, gpu="V100", days=1.6, updates=400_000,
+         batch_s_per_gpu=87.5, source="Baevski et al. 2020 (wav2vec 2.0), sec. 4.2: 64 V100s, 1.6 days, "
+         "400k updates, 1.4M samples per GPU"),
+    dict(system="HuBERT Base (2 iterations)", measured_as="hubert", gpus=32, gpu="V100", days=650_000 / 100_000 * 9.5 / 24,
+         updates=650_000, batch_s_per_gpu=87.5, source="Hsu et al. 2021 (HuBERT), sec. IV-C: 32 GPUs, "
+         "87.5 s per GPU, 250k + 400k steps, ~9.5 h per 100k steps (plus k-means and label dumps)"),
+]
+
+
+def cost_at_scale(throughput: list) -> list:
+    """GPU-hours for 960 h x 100 epochs from the measured FLOPs per audio second (forward +
+    backward of one pretraining step, the shapes of part 2) at MFU x the H100's bf16 peak."""
+    rows = []
+    for r in throughput:
+        if r["model"] not in ("base", "conformer"):
+            continue
+        total = r["flops_per_audio_s"] * HOURS * 3600 * EPOCHS
+        rows.append({"model": r["model"], "variant": r["variant"], "params": r["params"],
+                     "gflop_per_audio_s": r["flops_per_audio_s"] / 1e9, "total_flops": total,
+                     "h100_hours": total / (MFU * H100_BF16_PEAK) / 3600})
+    return rows
+
+
+def published_budgets(throughput: list) -> list:
+    """The published runs next to what this model of cost says for the same amount of audio."""
+    per_audio_s = {r["variant"]: r["flops_per_audio_s"] for r in throughput if r["model"] == "base"}
+    rows = []
+    for pub in PUBLISHED:
+        audio_s = pub["updates"] * pub["gpus"] * pub["batch_s_per_gpu"]
+        row = dict(pub, gpu_hours=pub["gpus"] * pub["days"] * 24, epochs=audio_s / (HOURS * 3600))
+        flops = per_audio_s.get(pub["measured_as"])
+        row["h100_hours_same_audio"] = flops * audio_s / (MFU * H100_BF16_PEAK) / 3600 if flops else None
+        rows.append(row)
     return rows
 
 
@@ -225,10 +371,10 @@ def tables(res) -> str:
     if "throughput" in res:
         out.append("")
         out.append("Part 2: throughput and FLOP rate (FLOPs of one step / step time, vs this process's "
-                   "fp32 2048^3 torch.mm rate)")
+                   "fp32 2048^3 torch.mm rate); same audio for every system of a model shape, interleaved")
         out.append("| model | variant | params | batch | step s | audio s/s | GFLOP/step | GFLOP/s | mm GFLOP/s | "
-                   "fraction of mm | BiRQ/BEST-RQ step (FLOPs) vs target |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+                   "fraction of mm | BiRQ/BEST-RQ step (FLOPs) vs target | speed vs wav2vec 2.0 (target) |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in res["throughput"]:
             frac = f"{100 * r['mm_fraction']:.1f}%"
             if r["pass"] is not None:
@@ -237,9 +383,14 @@ def tables(res) -> str:
             if r["birq_over_bestrq"]:
                 ratio = (f"{r['birq_over_bestrq']:.3f} ({r['flop_ratio']:.3f}) vs <= {r['step_target']:.3f} "
                          f"(k={r['k']}/L={r['L']}) {'PASS' if r['step_pass'] else 'FAIL'}")
+            speed = ""
+            if r.get("speed_vs_wav2vec2") is not None:
+                speed = f"{r['speed_vs_wav2vec2']:.2f}x"
+                if r.get("speed_target"):
+                    speed += f" (>= {r['speed_target']:g}x) {'PASS' if r['speed_pass'] else 'FAIL'}"
             out.append(f"| {r['model']} | {r['variant']} | {r['params'] / 1e6:.1f}M | {r['batch']}x{r['seconds']:g}s | "
                        f"{r['step_s']:.2f} | {r['audio_s_per_s']:.2f} | {r['step_flops'] / 1e9:.1f} | "
-                       f"{r['flop_rate'] / 1e9:.2f} | {r['matmul_rate'] / 1e9:.1f} | {frac} | {ratio} |")
+                       f"{r['flop_rate'] / 1e9:.2f} | {r['matmul_rate'] / 1e9:.1f} | {frac} | {ratio} | {speed} |")
     if "labels" in res:
         lab = res["labels"]
         out.append("")
@@ -268,6 +419,42 @@ def tables(res) -> str:
             out.append(f"| {r['sweep']} | {r['batch']}x{r['seconds']:g}s | {r['step_s']:.3f} | "
                        + " | ".join(f"{b.get(k, 0):.3f}" for k in pieces)
                        + f" | {100 * r['frontend_plus_mask_fraction']:.1f}% |")
+    if res.get("paper"):
+        out.append("")
+        out.append("Part 5: the paper's settings, k = round(0.7 L): BiRQ (and the label-generator levers) vs "
+                   "BEST-RQ, same model shape and batch (step: part 2's interleaved rounds; memory: one step's "
+                   "peak RSS above the RSS before it, fresh process)")
+        out.append("| model | variant | L | k | params | step ratio | FLOP ratio | step target | mem ratio | "
+                   "mem target | step-mem | BEST-RQ step-mem | pass (step/mem) |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in res["paper"]:
+            mem = f"{r['mem_ratio']:.3f}" if r["mem_ratio"] else "-"
+            mem_pass = "-" if r["mem_pass"] is None else ("PASS" if r["mem_pass"] else "FAIL")
+            out.append(f"| {r['model']} | {r['variant']} | {r['L']} | {r['k']} | {r['params'] / 1e6:.1f}M | "
+                       f"{r['step_ratio']:.3f} | {r['flop_ratio']:.3f} | <= {r['step_target']:.3f} | {mem} | "
+                       f"<= {r['mem_target']:.3f} | {fmt_bytes(r['mem_step_bytes']) if r['mem_step_bytes'] else '-'} | "
+                       f"{fmt_bytes(r['bestrq_mem_step_bytes']) if r['bestrq_mem_step_bytes'] else '-'} | "
+                       f"{'PASS' if r['step_pass'] else 'FAIL'}/{mem_pass} |")
+    if res.get("cost", {}).get("rows"):
+        c = res["cost"]
+        out.append("")
+        out.append(f"Part 6: cost at scale, from the measured FLOPs per audio second (part 2): LibriSpeech "
+                   f"{c['hours']} h x {c['epochs']} epochs on H100s at {100 * c['mfu']:.0f}% of the dense bf16 peak "
+                   f"({c['h100_bf16_peak'] / 1e12:.0f} TFLOP/s)")
+        out.append("| model | system | params | GFLOP per audio s (fwd+bwd) | total FLOPs | H100-hours |")
+        out.append("|---|---|---|---|---|---|")
+        for r in c["rows"]:
+            out.append(f"| {r['model']} | {r['variant']} | {r['params'] / 1e6:.1f}M | {r['gflop_per_audio_s']:.1f} | "
+                       f"{r['total_flops']:.2e} | {r['h100_hours']:.0f} |")
+        out.append("")
+        out.append("Published Base budgets (LibriSpeech 960 h) and this cost model for the same audio")
+        out.append("| run | GPUs x days | GPU-hours | updates | epochs of 960 h seen | H100-hours for that audio "
+                   f"at {100 * c['mfu']:.0f}% (measured FLOPs/audio s) | source |")
+        out.append("|---|---|---|---|---|---|---|")
+        for pub in c["published"]:
+            same = f"{pub['h100_hours_same_audio']:.0f}" if pub.get("h100_hours_same_audio") else "-"
+            out.append(f"| {pub['system']} | {pub['gpus']} {pub['gpu']} x {pub['days']:.1f} | {pub['gpu_hours']:.0f} | "
+                       f"{pub['updates']:,} | {pub['epochs']:.0f} | {same} | {pub['source']} |")
     return "\n".join(out)
 
 
@@ -344,7 +531,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="~1-2 minute smoke run (few rounds: its ratios are noisy, not for conclusions)")
     ap.add_argument("--data", help="manifest dir (train.tsv, valid.tsv) for part 3; default: synthetic audio")
-    ap.add_argument("--parts", default="1,2,3,4", help="comma-separated subset of parts to run")
+    ap.add_argument("--parts", default="1,2,3,4,5", help="comma-separated subset of parts to run "
+                    "(5 = memory at the paper's shapes; its step ratios come from part 2)")
     ap.add_argument("--out", default=RESULTS, help="results directory")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads for every measurement and OMP_NUM_THREADS of the fairseq runs "
@@ -369,7 +557,7 @@ def main(argv=None):
         print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
 
     res = {
-        "schema": "birq-bench/1",
+        "schema": "birq-bench/2",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "examples/benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "quick": args.quick,
@@ -385,8 +573,15 @@ def main(argv=None):
         step["memory"] = memory
         res["step"] = step
     if 2 in parts:
-        log("part 2: throughput and FLOP rate")
+        log("part 2: throughput and FLOP rate, against fairseq's wav2vec 2.0 and HuBERT, at the paper's shapes")
         res["throughput"] = part2_throughput(p, log)
+        res["cost"] = {"rows": cost_at_scale(res["throughput"]), "mfu": MFU, "h100_bf16_peak": H100_BF16_PEAK,
+                       "hours": HOURS, "epochs": EPOCHS, "published": published_budgets(res["throughput"])}
+    if 5 in parts:
+        log("part 5: step memory at the paper's settings (k = round(0.7 L))")
+        res["paper_memory"] = part5_memory(p, log)
+        if "throughput" in res:
+            res["paper"] = summarize_paper(res["throughput"], res["paper_memory"])
     if 3 in parts:
         log("part 3: label pipeline, HuBERT 2 iterations vs BiRQ")
         from label_pipeline import cleanup, run_label_pipeline
