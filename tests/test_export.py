@@ -104,6 +104,33 @@ def test_final_output_and_pre_ln_encoder_export(tmp_path):
     assert np.allclose(var, 1.0, atol=0.05)
 
 
+@pytest.mark.parametrize("overrides", [
+    dict(feature_normalization="global"),
+    dict(layer_type="conformer", depthwise_conv_kernel_size=5),
+    dict(layer_type="conformer", pos_enc_type="rel_pos", attn_type="espnet", depthwise_conv_kernel_size=5),
+], ids=["global_norm", "conformer", "conformer_rel_pos"])
+def test_model_variants_export(tmp_path, overrides):
+    torch.manual_seed(0)
+    model = BirqModel(BirqConfig(**tiny_model_overrides(**overrides)))
+    if overrides.get("feature_normalization") == "global":  # statistics come from training batches
+        model.train()
+        model(*example_input((20000, 16000), seed=9))
+    model.remove_pretraining_modules()
+    encoder = BirqFeatureEncoder(model, output_layer=2)
+    traced = export_torchscript(encoder, str(tmp_path / "enc.pt"))
+    export_onnx(encoder, str(tmp_path / "enc.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "enc.onnx"), providers=["CPUExecutionProvider"])
+    source, padding_mask = example_input((30000, 12000), seed=3)
+    ref_x, ref_pad = reference(encoder, source, padding_mask)
+    with torch.no_grad():
+        ts_x, ts_pad = traced(source, padding_mask)
+    onnx_x, onnx_pad = session.run(None, {"source": source.numpy(), "padding_mask": padding_mask.numpy()})
+    valid = ~ref_pad
+    assert np.array_equal(ts_pad.numpy(), ref_pad) and np.array_equal(onnx_pad, ref_pad)
+    assert np.abs(ts_x.numpy()[valid] - ref_x[valid]).max() <= TS_TOL
+    assert np.abs(onnx_x[valid] - ref_x[valid]).max() <= ONNX_TOL
+
+
 def test_bad_layer_and_unpadded_trace_example_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"--layer 5 is outside the encoder: it has 4 layers"):
         tiny_encoder(output_layer=5)
