@@ -8,14 +8,13 @@ same kernels, frozen), ONNX 3e-5 (onnxruntime's kernels; measured ~3e-6 on the t
 import os
 
 import numpy as np
+import onnxruntime  # the `export` extra, which make setup (scripts/setup.sh) installs
 import pytest
 import torch
 
 from birq_fairseq.export import BirqFeatureEncoder, example_input, export_onnx, export_torchscript
 from birq_fairseq.models.birq import BirqConfig, BirqModel
 from conftest import run_console, tiny_model_overrides
-
-onnxruntime = pytest.importorskip("onnxruntime")  # the `export` extra; scripts/setup.sh installs it
 
 TS_TOL, ONNX_TOL = 1e-5, 3e-5
 # (B,) clip lengths in samples, none of them the trace example's (24000, 16000)
