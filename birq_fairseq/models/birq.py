@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from omegaconf import II
 
 from fairseq.data.data_utils import compute_mask_indices, numpy_seed
@@ -96,6 +97,13 @@ class BirqConfig(FairseqDataclass):
     )
     mask_dropout: float = field(default=0.0, metadata={"help": "drop this fraction of masked frames"})
     mask_noise_std: float = field(default=0.1, metadata={"help": "std of the noise replacing masked frames"})
+    mask_after_subsampling: bool = field(
+        default=False,
+        metadata={"help": "replace masked frames by noise after the conv subsampling (in the normalised encoder "
+                  "input), as wav2vec 2.0 / HuBERT mask after their feature encoder: one subsampling pass "
+                  "then serves the label generator and the main pass (cheaper). A different model, so off: "
+                  "the default masks the filterbank, as BEST-RQ"},
+    )
     # Channel masking, as in wav2vec 2.0: on the encoder-input features (width
     # encoder_embed_dim, comparable to wav2vec 2.0's 768), not on the 80 mel bins.
     mask_channel_prob: float = field(default=0.0, metadata={"help": "channel masking probability"})
@@ -134,6 +142,11 @@ class BirqConfig(FairseqDataclass):
     )
     enhanced_dropout: bool = field(
         default=False, metadata={"help": "apply dropout/layerdrop in the label-generating pass"}
+    )
+    enhanced_checkpoint_activations: bool = field(
+        default=False,
+        metadata={"help": "recompute the label generator's layers 1..k in the backward pass instead of keeping "
+                  "their activations: the same loss and gradients, less memory, one more forward of k layers"},
     )
     similarity_temp: float = field(default=0.1, metadata={"help": "tau_c: cosine-similarity temperature"})
     # Anti-collapse options beyond the paper (off by default; see modules/code_balance.py).
@@ -250,6 +263,10 @@ def validate_config(cfg: BirqConfig) -> None:
         if selection == "uniform" and not _installed_fairseq_supports(mask_type="uniform"):
             problems.append(f"model.{prefix}_selection=uniform is not supported by the installed fairseq's "
                             "compute_mask_indices; use static, normal or poisson")
+    need(not (cfg.enhanced_checkpoint_activations and cfg.enhanced_dropout and cfg.encoder_layerdrop > 0),
+         "model.enhanced_checkpoint_activations=true with model.enhanced_dropout=true needs "
+         "model.encoder_layerdrop=0: layerdrop draws from numpy's generator, which the recomputation "
+         "does not replay, so it could drop other layers than the forward pass did")
     if cfg.enhanced_stream:
         need(1 <= resolve_enhanced_layer(cfg) <= cfg.encoder_layers,
              f"model.enhanced_layer={cfg.enhanced_layer} is outside the encoder: must be in "
@@ -373,8 +390,9 @@ class BirqModel(BaseFairseqModel):
         return max(start * decay ** self.num_updates, end)
 
     # ----------------------------------------------------------------- pieces
-    def encoder_input(self, feats: torch.Tensor) -> torch.Tensor:
-        """(B, T, n_mels) fp32 filterbank -> (B, T/4, D) encoder input in the encoder's dtype."""
+    def embed(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_mels) fp32 filterbank -> (B, T/4, D) normalised subsampled features, in the
+        encoder's dtype (before the input dropout)."""
         feats = feats.to(self.layer_norm.weight.dtype)  # fairseq's fp16/bf16 training halves the encoder
         if self.cfg.feature_grad_mult > 0:
             x = self.subsampling(feats)
@@ -383,7 +401,11 @@ class BirqModel(BaseFairseqModel):
         else:
             with torch.no_grad():
                 x = self.subsampling(feats)
-        return self.dropout_input(self.layer_norm(x))
+        return self.layer_norm(x)
+
+    def encoder_input(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_mels) fp32 filterbank -> (B, T/4, D) encoder input in the encoder's dtype."""
+        return self.dropout_input(self.embed(feats))
 
     def time_mask(self, step_padding: torch.Tensor) -> torch.Tensor:
         """(B, T') padding -> (B, T') bool spans to mask, never on padding."""
@@ -416,19 +438,32 @@ class BirqModel(BaseFairseqModel):
             x = self.encoder.layer_norm(x)
         return x, layer_results
 
-    def enhanced_targets(self, feats, step_padding, loss_frames) -> Tuple[torch.Tensor, torch.Tensor]:
+    def enhanced_targets(self, feats, step_padding, loss_frames, embedded=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Label generator: layers 1..k on the unmasked input -> straight-through one-hots.
 
+        ``embedded``: the unmasked ``embed(feats)`` when the main pass shares it
+        (mask_after_subsampling); otherwise the generator runs its own subsampling.
         Returns the targets (M, num_codebooks, codebook_size): one-hot in the forward
         pass, the Gumbel-softmax gradient in the backward pass (when enhanced_label_grad);
         and the fp32 code logits they were drawn from (same shape; already in the graph),
         for the criterion's optional diversity penalty.
         """
         generator = (self.subsampling, self.layer_norm, self.dropout_input, self.encoder)
-        dropout_ctx = contextlib.nullcontext() if self.cfg.enhanced_dropout else _eval_mode(*generator)
+
+        def layers_1_to_k(inputs):
+            # The mode switch lives inside: a checkpointed recomputation must run in it too.
+            with contextlib.nullcontext() if self.cfg.enhanced_dropout else _eval_mode(*generator):
+                x = self.encoder_input(inputs) if embedded is None else self.dropout_input(inputs)
+                return self.run_encoder(x, step_padding, self.enhanced_layer - 1)[0]
+
         grad_ctx = contextlib.nullcontext() if self.cfg.enhanced_label_grad else torch.no_grad()
-        with dropout_ctx, grad_ctx:
-            h, _ = self.run_encoder(self.encoder_input(feats), step_padding, self.enhanced_layer - 1)
+        with grad_ctx:
+            inputs = feats if embedded is None else embedded
+            if self.cfg.enhanced_checkpoint_activations and torch.is_grad_enabled():
+                # Recomputed in backward with the RNG state of the forward (dropout replays).
+                h = torch.utils.checkpoint.checkpoint(layers_1_to_k, inputs, use_reentrant=False)
+            else:
+                h = layers_1_to_k(inputs)
             h = F.layer_norm(h[loss_frames].float(), (h.size(-1),))
             logits = self.enhanced_quantizer.similarity(h) / self.cfg.similarity_temp  # fp32
             if self.enhanced_centering is not None:
@@ -466,11 +501,13 @@ class BirqModel(BaseFairseqModel):
 
         mask_indices = None
         masked_feats = feats
+        shared = self.cfg.mask_after_subsampling  # mask the encoder input, not the filterbank
         if mask and self.cfg.mask_prob > 0:
             mask_indices = self.time_mask(step_padding)
-            frame_mask = mask_indices.repeat_interleave(FRAMES_PER_STEP, dim=1)[..., None]
-            noise = torch.randn_like(feats) * self.cfg.mask_noise_std
-            masked_feats = torch.where(frame_mask, noise, feats)
+            if not shared:
+                frame_mask = mask_indices.repeat_interleave(FRAMES_PER_STEP, dim=1)[..., None]
+                noise = torch.randn_like(feats) * self.cfg.mask_noise_std
+                masked_feats = torch.where(frame_mask, noise, feats)
 
         if not features_only:
             if self.anchor_quantizer is None:
@@ -482,10 +519,17 @@ class BirqModel(BaseFairseqModel):
         # The label generator runs first so that autograd runs its backward last, after
         # the main pass's activations are freed: lower peak memory, same gradients.
         enhanced = None
+        embedded = self.embed(feats) if shared else None  # one subsampling pass for both
         if not features_only and self.enhanced_quantizer is not None:
-            enhanced = self.enhanced_targets(feats, step_padding, loss_frames)
+            enhanced = self.enhanced_targets(feats, step_padding, loss_frames, embedded=embedded)
 
-        x = self.encoder_input(masked_feats)
+        if shared:
+            x = self.dropout_input(embedded)
+            if mask_indices is not None:
+                noise = torch.randn_like(x) * self.cfg.mask_noise_std
+                x = torch.where(mask_indices[..., None], noise, x)
+        else:
+            x = self.encoder_input(masked_feats)
         if mask:
             x = self.channel_mask(x)
         x, layer_results = self.run_encoder(x, step_padding, layer)

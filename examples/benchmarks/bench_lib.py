@@ -53,9 +53,11 @@ BASE = dict(
     mask_prob=0.4, mask_length=10,
     anchor_codebook_size=8192, enhanced_codebook_size=8192, enhanced_layer=8,
 )
-# The paper's LibriSpeech model: a 10-layer Conformer, ~155M parameters. 768 / FFN 3072 / 12
-# heads gives 147M (BEST-RQ) and 153M (BiRQ, + the enhanced head); k = round(0.7 x 10) = 7.
-CONFORMER = dict(BASE, layer_type="conformer", encoder_layers=10, enhanced_layer=7)
+# The paper's LibriSpeech model, examples/pretrain/conformer_birq_librispeech.yaml's: a 10-layer
+# Conformer (768, FFN 3072, 8 heads, relative positions, ESPnet attention), ~155M parameters;
+# k = round(0.7 x 10) = 7.
+CONFORMER = dict(BASE, layer_type="conformer", pos_enc_type="rel_pos", attn_type="espnet", encoder_layers=10,
+                 encoder_attention_heads=8, activation_dropout=0.1, enhanced_layer=7)
 
 VARIANTS = {
     "bestrq": dict(enhanced_stream=False),
@@ -306,7 +308,7 @@ def instrument(model, timer: PieceTimer):
         setattr(model, method_name, wrapped)
 
     attribute("run_encoder", "main_encoder")
-    attribute("encoder_input", "conv_subsampling")
+    attribute("embed", "conv_subsampling")
     timer.wrap(model.frontend, "forward", "frontend_logmel")
     timer.wrap(model, "time_mask", "masking_numpy")
     timer.wrap(model.anchor_quantizer, "forward", "anchor_quantizer")
