@@ -46,7 +46,7 @@ LEVERS = {"birq+shared_subsampling": dict(mask_after_subsampling=True),
           "birq+ckpt_generator": dict(enhanced_checkpoint_activations=True),
           "birq+both": dict(mask_after_subsampling=True, enhanced_checkpoint_activations=True)}
 TINY_SYSTEMS = ["bestrq", "birq"]
-PAPER_SYSTEMS = ["bestrq", "birq", *LEVERS]
+PAPER_SYSTEMS = ["bestrq", "birq", "birq+shared_subsampling", "birq+ckpt_generator"]  # "+both": part 1 only
 BASE_SYSTEMS = ["wav2vec2", "hubert", *PAPER_SYSTEMS]
 SHAPES = {"tiny": B.TINY, "base": B.BASE, "conformer": B.CONFORMER}
 
@@ -83,13 +83,14 @@ def build_system(system: str, shape: dict, baseline_overrides: dict = None):
 def plan(quick: bool) -> dict:
     if quick:
         return dict(quick=True,
-            ratio_grid=[(4, 2)], nograd_k={4: 2}, ratio_batch=(2, 2.0), ratio_rounds=3,
+            ratio_grid=[(4, 2)], nograd_k={4: 2}, lever_grid=[(4, 2)], ratio_batch=(2, 2.0), ratio_rounds=3,
             tput=[("tiny", B.TINY, 2, 4.0, 3, TINY_SYSTEMS), ("base", B.BASE, 1, 2.0, 1, BASE_SYSTEMS)],
-            paper_memory=[], paper_memory_steps=(1, 1),
+            paper_memory=[("base", 1, 2.0)], paper_memory_steps=(1, 1),
             label_updates=3, label_utts=8, scale_len=[2.0, 4.0], scale_batch=[1, 2], scale_rounds=2,
         )
     return dict(
         quick=False, ratio_grid=[(4, 1), (4, 2), (4, 3), (8, 1), (8, 4), (8, 6), (8, 7)], nograd_k={4: 2, 8: 4},
+        lever_grid=[(4, 1), (4, 3), (8, 1), (8, 6)],  # k = 1 and k = round(0.7 L), with each lever
         ratio_batch=(4, 4.0), ratio_rounds=15,
         # (name, shape, batch, seconds, rounds, systems): base = the paper's depth k = round(0.7 L) = 8
         # of 12, next to fairseq's wav2vec 2.0 and HuBERT; conformer = the paper's 10-layer model, k=7.
@@ -113,6 +114,10 @@ def ratio_configs(p: dict) -> dict:
     for L, k in p["nograd_k"].items():
         configs[f"birq_nograd_L{L}_k{k}"] = (
             L, k, B.model_overrides(small, "birq_nograd", encoder_layers=L, enhanced_layer=k))
+    for L, k in p.get("lever_grid", []):
+        for lever in available(LEVERS):
+            configs[f"{lever}_L{L}_k{k}"] = (
+                L, k, B.model_overrides(small, "birq", encoder_layers=L, enhanced_layer=k, **LEVERS[lever]))
     return configs
 
 
@@ -176,6 +181,7 @@ def summarize_part1(step: dict, memory: dict, p: dict) -> list:
         irreducible = 1 + k / L
         rows.append({
             "config": name, "L": L, "k": k, "label_grad": "nograd" not in name,
+            "lever": next((lever for lever in LEVERS if name.startswith(lever + "_")), None),
             "step_s": B.median(step["times"][name]), "bestrq_step_s": B.median(step["times"][ref]),
             "step_ratio": r["ratio"], "step_ratio_range": [r["ratio_min"], r["ratio_max"]],
             "flop_ratio": step["flops"][name] / step["flops"][ref] if "flops" in step else None,
@@ -284,7 +290,7 @@ PUBLISHED = [
     dict(system="wav2vec 2.0 Base", measured_as="wav2vec2", gpus=64, gpu="V100", days=1.6, updates=400_000,
          batch_s_per_gpu=87.5, source="Baevski et al. 2020 (wav2vec 2.0), sec. 4.2: 64 V100s, 1.6 days, "
          "400k updates, 1.4M samples per GPU"),
-    dict(system="HuBERT Base (2 iterations)", measured_as="hubert", gpus=32, gpu="V100", days=650_000 / 100_000 * 9.5 / 24,
+    dict(system="HuBERT Base (2 iterations)", measured_as="hubert", gpus=32, gpu="GPUs", days=650_000 / 100_000 * 9.5 / 24,
          updates=650_000, batch_s_per_gpu=87.5, source="Hsu et al. 2021 (HuBERT), sec. IV-C: 32 GPUs, "
          "87.5 s per GPU, 250k + 400k steps, ~9.5 h per 100k steps (plus k-means and label dumps)"),
 ]
