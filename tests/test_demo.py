@@ -292,3 +292,41 @@ def test_real_run_log_parses(tmp_path):
     parsed = D.parse_fairseq_log(save / "train.log")
     assert [r["num_updates"] for r in parsed["train"]] == [1, 2, 3, 4, 5]
     assert parsed["valid"] and "enhanced_code_ppl" in parsed["valid"][-1]
+
+
+def test_report_aggregates_committed_seed_summaries(tmp_path, monkeypatch, real_log):
+    """make results: each seed leaves a committed summary; the report reads only those."""
+    import run_results as R
+
+    monkeypatch.setattr(R, "summary_dir", lambda preset: tmp_path / "runs" / preset)
+    logs = R.compact_logs({"BiRQ": D.parse_fairseq_log(real_log)})
+    assert set(logs["BiRQ"]["train"][0]) <= set(R.CURVE_KEYS) and "lr" not in logs["BiRQ"]["train"][0]
+    corpus = {"size": "tiny", "seed": 1, "splits": {}, "seen_voices": ["a"], "unseen_voices": ["b"]}
+    for seed, cer in ((1, 40.0), (2, 50.0)):
+        results = {system: {test: {"wer": 80.0, "cer": cer + i, "wer_check": 80.0} for test in D.TEST_SETS}
+                   for i, system in enumerate(D.SYSTEMS)}
+        R.save_summary("tiny", f"seed{seed}", {"seed": seed, "results": results, "timings": {}, "corpus": corpus,
+                                                "diagnostics": {}, "logs": logs, "commands": ["fairseq-hydra-train x"]})
+    seeds, ablations = R.load_summaries("tiny")
+    assert list(seeds) == [1, 2] and not ablations
+    md = tmp_path / "RESULTS.md"
+    code = R.main(["--preset", "tiny", "--report-only", "--results-md", str(md), "--plots-dir",
+                   str(tmp_path / "plots"), "--out", str(tmp_path / "out"), "--corpus-dir", str(tmp_path / "c")])
+    assert code == 0
+    text = md.read_text()
+    assert "| BEST-RQ | 46.0 ± 7.1 (n=2) | 46.0 ± 7.1 (n=2) |" in text  # CER 41 and 51
+    assert (tmp_path / "plots" / "cer.png").exists() and (tmp_path / "plots" / "pretraining_curves.png").exists()
+
+
+def test_labelled_subset_is_a_nested_prefix(tmp_path):
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "finetune.tsv").write_text("/root\n" + "".join(f"u{i}.wav\t16000\n" for i in range(5)))
+    (corpus / "finetune.ltr").write_text("".join(f"A{i} |\n" for i in range(5)))
+    (corpus / "finetune.wrd").write_text("".join(f"A{i}\n" for i in range(5)))
+    assert D.labelled_subset(corpus, 3) == "finetune3"
+    assert (corpus / "finetune3.tsv").read_text().splitlines() == ["/root", "u0.wav\t16000", "u1.wav\t16000",
+                                                                   "u2.wav\t16000"]
+    assert (corpus / "finetune3.ltr").read_text().splitlines() == ["A0 |", "A1 |", "A2 |"]
+    with pytest.raises(ValueError, match="finetune.tsv: has 5 utterances"):
+        D.labelled_subset(corpus, 6)

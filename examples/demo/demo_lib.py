@@ -33,8 +33,12 @@ REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "birq_fairseq"
 BIN = Path(sys.executable).parent
 
-SYSTEMS = ("none", "bestrq", "birq")  # table rows, in order
-SYSTEM_LABELS = {"none": "no pretraining", "bestrq": "BEST-RQ", "birq": "BiRQ"}
+SYSTEMS = ("none", "bestrq", "birq")  # the pretraining systems compared, in order
+# table rows: the systems, then (when a preset asks for it) the supervised topline: the
+# untrained init finetuned on every labelled utterance of the corpus's finetune split
+TABLE_ROWS = SYSTEMS + ("topline",)
+SYSTEM_LABELS = {"none": "no pretraining", "bestrq": "BEST-RQ", "birq": "BiRQ",
+                 "topline": "supervised topline (all labelled data, no pretraining)"}
 TEST_SETS = ("test_seen", "test_unseen")
 
 # --------------------------------------------------------------------------- presets
@@ -62,6 +66,13 @@ PRESETS: Dict[str, Dict] = {
                     log_interval=10, model=MODEL_SMALL, finetune_overrides=FT_FAST),
     "large": dict(corpus="large", pretrain_updates=3000, finetune_updates=1500, max_tokens=192000,
                   log_interval=25, model=MODEL_SMALL, finetune_overrides=FT_FAST),
+    # The comparison of RESULTS.md (make results), chosen on valid from the grid of
+    # examples/demo/regime_grid.py (examples/demo/regime/grid.md): 6 h of unlabelled speech,
+    # 100 labelled utterances (4.5 min), the supervised topline on all 1000 labelled
+    # utterances, the label-quality probe over pretraining, valid decoded too.
+    "regime": dict(corpus="large", labelled=100, pretrain_updates=3000, finetune_updates=2000, max_tokens=128000,
+                   log_interval=25, model=MODEL_SMALL, finetune_overrides=FT_FAST, topline=True,
+                   topline_updates=4000, decode_valid=True, probe=True),
 }
 
 
@@ -74,6 +85,18 @@ def thread_env(threads: Optional[int] = None) -> Dict[str, str]:
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::UserWarning")
     return env
+
+
+def git_version() -> str:
+    """The commit the code ran at (with '+dirty' when the plugin or tooling had local edits)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "birq_fairseq", "examples"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 # --------------------------------------------------------------------------- printing
@@ -366,7 +389,7 @@ def wer_table(results: Dict[str, Dict[str, dict]], metric: str = "wer") -> str:
     them (one per seed), shown as mean ± std.
     """
     lines = [f"| system | {metric.upper()} seen voices | {metric.upper()} unseen voices |", "| --- | ---: | ---: |"]
-    for system in SYSTEMS:
+    for system in TABLE_ROWS:
         if system not in results:
             continue
         cells = []
@@ -493,6 +516,32 @@ def corpus_complete(corpus_dir: Path, preset: str, seed: int) -> bool:
             and all((Path(corpus_dir) / n).exists() for n in needed))
 
 
+def labelled_subset(corpus: Path, n: int) -> str:
+    """``finetune<n>``: the first n utterances of the corpus's labelled ``finetune`` split.
+
+    The corpus builder draws voices and sentences at random for every utterance, so a
+    prefix is a random subset (and the subsets are nested: finetune100 in finetune300).
+    Returns the subset's name for ``dataset.train_subset``.
+    """
+    corpus = Path(corpus)
+    name = f"finetune{n}"
+    src = corpus / "finetune.tsv"
+    lines = src.read_text().splitlines()
+    if not 0 < n <= len(lines) - 1:
+        raise ValueError(f"{src}: has {len(lines) - 1} utterances; a labelled subset of {n} was asked for")
+    wanted = {f"{name}.tsv": lines[: n + 1]}
+    for ext in ("ltr", "wrd"):
+        wanted[f"{name}.{ext}"] = (corpus / f"finetune.{ext}").read_text().splitlines()[:n]
+    for filename, content in wanted.items():
+        text = "\n".join(content) + "\n"
+        path = corpus / filename
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+    return name
+
+
 def clean_run_dir(save_dir: Path) -> None:
     """Remove a fairseq run's checkpoints and json log (settings changed: start afresh)."""
     for p in list(Path(save_dir).glob("checkpoint*.pt")) + [Path(save_dir) / "train.log"]:
@@ -517,6 +566,8 @@ class Pipeline:
         self.stages = Stages(self.out / "stages")
         self.birq_overrides = list(birq_overrides)
         self.systems = list(systems)
+        # valid is decoded too when the preset asks (recipes are chosen on it, never on test)
+        self.eval_sets = (("valid",) if preset.get("decode_valid") else ()) + TEST_SETS
 
     # ---- corpus
     def corpus(self) -> dict:
@@ -546,10 +597,11 @@ class Pipeline:
             f"checkpoint.save_dir={save_dir}", f"hydra.run.dir={save_dir}/hydra",
             "common.log_format=json", f"common.log_file={save_dir}/train.log",
             f"common.log_interval={p['log_interval']}", f"common.seed={self.seed}",
-            f"optimization.max_update={updates}", f"dataset.max_tokens={p['max_tokens']}",
+            f"optimization.max_update={updates}", f"dataset.max_tokens={p.get('pretrain_max_tokens', p['max_tokens'])}",
             f"dataset.validate_interval_updates={max(updates // 2, 1)}",
             f"checkpoint.save_interval_updates={max(updates // 4, 5)}",
             f"lr_scheduler.warmup_updates={max(updates // 10, 1)}",
+        ] + (["checkpoint.keep_interval_updates=-1"] if p.get("probe") else []) + [
             "common.cpu=true", "dataset.num_workers=0",
         ] + [f"{k}={v}" for k, v in p["model"].items()]
         if system == "birq":
@@ -581,32 +633,46 @@ class Pipeline:
         return ckpt
 
     # ---- finetuning
+    def finetune_subset(self, system: str) -> str:
+        """The labelled training subset: the whole finetune split for the topline (and when
+        the preset sets no ``labelled`` size), else its first ``labelled`` utterances."""
+        if system == "topline" or not self.p.get("labelled"):
+            return "finetune"
+        return labelled_subset(self.corpus_dir, self.p["labelled"])
+
+    def finetune_updates(self, system: str) -> int:
+        return self.p.get("topline_updates", self.p["finetune_updates"]) if system == "topline" \
+            else self.p["finetune_updates"]
+
     def finetune_overrides(self, system: str, w2v: Path, save_dir: Path) -> List[str]:
         p = self.p
-        updates = p["finetune_updates"]
+        updates = self.finetune_updates(system)
+        # Each system may have its own recipe (chosen on valid); the topline uses no pretraining's.
+        recipe = p.get("finetune_overrides_by_system", {}).get("none" if system == "topline" else system, [])
+        recipe = [o.replace("{UPDATES_30PCT}", str(int(0.3 * updates))) for o in recipe]
         return [
             f"common.user_dir={PLUGIN}", f"task.data={self.corpus_dir}", f"model.w2v_path={w2v}",
             f"checkpoint.save_dir={save_dir}", f"hydra.run.dir={save_dir}/hydra",
             "common.log_format=json", f"common.log_file={save_dir}/train.log",
             f"common.log_interval={p['log_interval']}", f"common.seed={self.seed}",
-            "dataset.train_subset=finetune", "dataset.valid_subset=valid",
+            f"dataset.train_subset={self.finetune_subset(system)}", "dataset.valid_subset=valid",
             f"optimization.max_update={updates}", f"dataset.max_tokens={p['max_tokens']}",
             f"dataset.validate_interval_updates={updates}",
             f"checkpoint.save_interval_updates={max(updates // 4, 5)}",
             "common.cpu=true", "dataset.num_workers=0",
-        ] + list(p.get("finetune_overrides", []))
+        ] + list(p.get("finetune_overrides", [])) + recipe
 
     def finetune(self, system: str, w2v: Path) -> Path:
         save_dir = self.out / "finetune" / system
         ckpt = save_dir / "checkpoint_last.pt"
         ov = self.finetune_overrides(system, w2v, save_dir)
-        updates = self.p["finetune_updates"]
+        updates = self.finetune_updates(system)
 
         action = self._hydra_train_action("finetune", "tiny_ctc", ov, save_dir, ckpt, f"finetune:{system}", updates)
 
-        pre_sig = self.stage_identity(f"pretrain_{system}")
+        pre_sig = self.stage_identity(f"pretrain_{'none' if system == 'topline' else system}")
         run_stage(self.stages, f"finetune_{system}", signature([ov, pre_sig]), [ckpt], action, self.clock,
-                  f"finetune {SYSTEM_LABELS[system]} with CTC ({updates} updates, labelled subset)",
+                  f"finetune {SYSTEM_LABELS[system]} with CTC ({updates} updates, {self.finetune_subset(system)})",
                   clean=lambda: clean_run_dir(save_dir))
         return ckpt
 
@@ -657,6 +723,35 @@ class Pipeline:
                            self.clock, f"decode {SYSTEM_LABELS[system]} on {test}")
         return marker["result"]
 
+    # ---- label-quality probe
+    def probe(self, test: str = "test_seen") -> dict:
+        """PNMI / purity of the anchor and enhanced codes over pretraining (every saved
+        checkpoint of BiRQ and BEST-RQ), against characters force-aligned by the supervised
+        topline (``python -m birq_fairseq probe``); ``{system: [result per checkpoint]}``."""
+        aligner = self.out / "finetune" / "topline" / "checkpoint_last.pt"
+        results = OrderedDict()
+        for system in ("bestrq", "birq"):
+            if system not in self.systems:
+                continue
+            save_dir = self.out / "pretrain" / system
+            ckpts = sorted(save_dir.glob("checkpoint_*_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
+            ckpts = [p for p in ckpts] + [save_dir / "checkpoint_last.pt"]
+            out_json = self.out / "probe" / f"{system}_{test}.json"
+            args = ["-m", "birq_fairseq", "probe", "--pretrained"] + [str(p) for p in ckpts] + [
+                "--aligner", str(aligner), "--data", str(self.corpus_dir), "--subset", test, "--json", str(out_json)]
+
+            def action(args=args, out_json=out_json, system=system):
+                run_command([BIN / "python"] + args, self.out / "probe" / f"{system}_{test}.log", env=self.env,
+                            line_filter=lambda l: f"   {l}" if ("pnmi" in l or "rror" in l) else None)
+                return {"result": json.loads(out_json.read_text()),
+                        "command": "python " + " ".join(a.replace(str(REPO) + "/", "") for a in args)}
+
+            sig = signature([args, self.stage_identity(f"pretrain_{system}"), self.stage_identity("finetune_topline")])
+            marker = run_stage(self.stages, f"probe_{system}_{test}", sig, [out_json], action, self.clock,
+                               f"label-quality probe of {SYSTEM_LABELS[system]} over pretraining ({test})")
+            results[system] = marker["result"]
+        return results
+
     # ---- everything
     def run(self, pretrain_only: bool = False) -> dict:
         corpus = self.corpus()
@@ -668,22 +763,28 @@ class Pipeline:
         if pretrain_only:
             return {"corpus": corpus, "results": OrderedDict(), "timings": self.stages.timings()}
         finetuned = {s: self.finetune(s, ckpts[s]) for s in SYSTEMS if s in ckpts}
+        if self.p.get("topline") and "none" in ckpts:
+            finetuned["topline"] = self.finetune("topline", ckpts["none"])
         results: Dict[str, Dict[str, dict]] = OrderedDict()
-        for s in SYSTEMS:
+        for s in TABLE_ROWS:
             if s in finetuned:
-                results[s] = OrderedDict((t, self.decode(s, finetuned[s], t)) for t in TEST_SETS)
-        return {"corpus": corpus, "results": results, "timings": self.stages.timings()}
+                results[s] = OrderedDict((t, self.decode(s, finetuned[s], t)) for t in self.eval_sets)
+        summary = {"corpus": corpus, "results": results}
+        if self.p.get("probe") and "topline" in finetuned:
+            summary["probe"] = self.probe()
+        summary["timings"] = self.stages.timings()
+        return summary
 
     def collect(self) -> dict:
         """What run() would return, from finished stages only (nothing is run)."""
         corpus = json.loads((self.corpus_dir / "corpus.json").read_text())
         results: Dict[str, Dict[str, dict]] = OrderedDict()
-        for s in SYSTEMS:
-            for t in TEST_SETS:
+        for s in TABLE_ROWS:
+            for t in self.eval_sets:
                 m = self.stages.load(f"decode_{s}_{t}")
                 if m and "result" in m:
                     results.setdefault(s, OrderedDict())[t] = m["result"]
-        results = OrderedDict((s, r) for s, r in results.items() if len(r) == len(TEST_SETS))
+        results = OrderedDict((s, r) for s, r in results.items() if len(r) == len(self.eval_sets))
         return {"corpus": corpus, "results": results, "timings": self.stages.timings()}
 
     def pretrain_logs(self) -> Dict[str, Dict[str, List[dict]]]:

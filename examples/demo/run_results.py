@@ -10,8 +10,14 @@ BiRQ and BEST-RQ with the same budget, the untrained init, CTC finetuning of all
 fairseq-generate WER on seen and unseen voices) in OUT/seed<N>; ablations are BiRQ-only
 pretraining runs (seed of the first seed, same budget) in OUT/ablations/<name>, with
 finetuning and decoding too unless --ablation-pretrain-only. Everything is resumable:
-rerunning skips finished stages. RESULTS.md is rewritten from the run directories each
-time; the hand-written analysis is kept in examples/demo/results_analysis.md and included.
+rerunning skips finished stages.
+
+Each finished seed (and ablation) also leaves a small summary in
+examples/demo/results/runs/<preset>/ (results, diagnostics, training curves, timings,
+commands; no checkpoints), which is committed. RESULTS.md is written from every committed
+summary of the preset, so seeds can run in separate sessions or machines and the report
+aggregates them (`--report-only` runs nothing). The hand-written analysis is kept in
+examples/demo/results_analysis.md and included.
 """
 
 from __future__ import annotations
@@ -28,24 +34,41 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo_lib as D  # noqa: E402
 
-# name -> (description, extra BiRQ overrides); {U} = pretraining updates. Keys that
-# examples/pretrain/tiny_birq.yaml does not set need hydra's "+" prefix.
+# name -> (description, extra BiRQ overrides). Placeholders: {U} pretraining updates,
+# {K50}/{K90} the label-generator depth at 50 % / 90 % of the encoder (the default is 70 %).
+# Keys that examples/pretrain/tiny_birq.yaml does not set need hydra's "+" prefix.
 ABLATIONS = OrderedDict([
-    ("k1", ("label generator k=1 (first layer) instead of k=2", ["model.enhanced_layer=1"])),
-    ("k4", ("label generator k=4 (all layers) instead of k=2", ["model.enhanced_layer=4"])),
+    ("k50", ("label generator at 50 % of the depth (default 70 %)", ["model.enhanced_layer={K50}"])),
+    ("k90", ("label generator at 90 % of the depth (default 70 %)", ["model.enhanced_layer={K90}"])),
+    ("penalty4", ("penalty w2/w1 = 4 (default 24)", ["criterion.gamma=4.0"])),
+    ("penalty100", ("penalty w2/w1 = 100 (default 24)", ["criterion.gamma=100.0"])),
+    ("soft", ("soft Gumbel-softmax targets instead of straight-through one-hots",
+              ["+model.enhanced_hard_targets=false"])),
     ("stopgrad", ("no gradient through the enhanced labels (HuBERT-like online self-labelling)",
                   ["+model.enhanced_label_grad=false"])),
-    ("gamma10", ("penalty weight gamma=10 (anchor dominates)", ["criterion.gamma=10.0"])),
-    ("gamma_ramp", ("gamma ramped 1 -> 10 over training", ["criterion.gamma=1.0", "+criterion.gamma_final=10.0",
-                                                            "+criterion.gamma_ramp_updates={U}"])),
-    ("hot_gumbel", ("Gumbel temperature fixed at 2 (no annealing)", ["model.gumbel_temp=[2.0,2.0,1.0]"])),
-    ("simtemp1", ("cosine-similarity temperature tau_c=1 instead of 0.1", ["+model.similarity_temp=1.0"])),
-    ("codebook16", ("enhanced codebook of 16 entries instead of 256", ["model.enhanced_codebook_size=16"])),
-    ("diversity", ("codebook-diversity penalty on the enhanced codes, weight 0.5 (not in the method)",
+    ("centering", ("not in the paper: running-mean centering of the code logits (momentum 0.9), as DINO",
+                   ["+model.enhanced_centering=0.9"])),
+    ("sinkhorn", ("not in the paper: Sinkhorn-Knopp balanced codes per batch (3 iterations), as SwAV",
+                  ["+model.enhanced_sinkhorn_iters=3"])),
+    ("diversity", ("not in the paper: codebook-diversity penalty on the enhanced codes, weight 0.5",
                    ["+criterion.diversity_weight=0.5"])),
-    ("upper_anchor", ("levels swapped: anchor loss is the upper level, enhanced the lower",
-                      ["+criterion.upper_stream=anchor"])),
+    ("old_defaults", ("the project's earlier defaults: w1 = 1, gamma 1 -> 4, tau 2 -> 0.5, k = 50 %",
+                      ["criterion.upper_weight=1.0", "criterion.gamma=1.0", "+criterion.gamma_final=4.0",
+                       "+criterion.gamma_ramp_updates={U}", "model.gumbel_temp=[2.0,0.5,0.995]",
+                       "model.enhanced_layer={K50}"])),
 ])
+
+
+def ablation_overrides(name: str, preset: dict):
+    layers = int(preset["model"].get("model.encoder_layers", 12))
+    values = {"{U}": str(preset["pretrain_updates"]), "{K50}": str(max(1, round(0.5 * layers))),
+              "{K90}": str(max(1, min(layers, round(0.9 * layers))))}
+    out = []
+    for o in ABLATIONS[name][1]:
+        for key, value in values.items():
+            o = o.replace(key, value)
+        out.append(o)
+    return out
 
 
 def get_parser():
@@ -59,7 +82,7 @@ def get_parser():
     p.add_argument("--finetune-updates", type=int, default=None)
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--ablations", nargs="*", default=["stopgrad", "gamma10", "hot_gumbel"],
+    p.add_argument("--ablations", nargs="*", default=[],
                    help=f"BiRQ ablations to run ({', '.join(ABLATIONS)}); none: --ablations")
     p.add_argument("--ablation-pretrain-only", action="store_true", help="ablations: pretraining diagnostics only")
     p.add_argument("--results-md", default=str(D.REPO / "RESULTS.md"))
@@ -87,6 +110,40 @@ def final_diagnostics(log_path: Path) -> dict:
         last = parsed["valid"][-1]
         out["valid"] = {k: last.get(k) for k in ("num_updates", "anchor_acc", "enhanced_acc", "enhanced_code_ppl")}
     return out
+
+
+CURVE_KEYS = ("num_updates", "anchor_acc", "anchor_code_ppl", "anchor_loss", "enhanced_acc", "enhanced_code_ppl",
+              "enhanced_loss", "penalty_gap", "gumbel_temp")
+
+
+def compact_logs(logs: dict) -> dict:
+    """The training curves a report needs, without the rest of fairseq's log records."""
+    return {name: {split: [{k: r[k] for k in CURVE_KEYS if k in r} for r in records]
+                   for split, records in parsed.items()} for name, parsed in logs.items()}
+
+
+def summary_dir(preset_name: str) -> Path:
+    return D.REPO / "examples" / "demo" / "results" / "runs" / preset_name
+
+
+def save_summary(preset_name: str, key: str, run: dict) -> Path:
+    path = summary_dir(preset_name) / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(run, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_summaries(preset_name: str):
+    """Committed per-seed and per-ablation summaries of a preset: ({seed: run}, {name: run})."""
+    seeds, ablations = OrderedDict(), OrderedDict()
+    directory = summary_dir(preset_name)
+    for path in sorted(directory.glob("seed*.json"), key=lambda p: int(p.stem[4:])):
+        seeds[int(path.stem[4:])] = json.loads(path.read_text())
+    for path in sorted(directory.glob("ablation_*.json")):
+        ablations[path.stem[len("ablation_"):]] = json.loads(path.read_text())
+    return seeds, ablations
 
 
 def fmt(v, nd=3):
@@ -232,45 +289,41 @@ def main(argv=None) -> int:
     clock = D.Clock()
     D.banner(clock, f"BiRQ results: preset {args.preset}, seeds {args.seeds}, ablations {args.ablations} -> {out}")
 
-    seed_runs, ablation_runs = OrderedDict(), OrderedDict()
-    corpus, commands = {}, []
+    def stage_commands(pipe):  # in the order the stages ran
+        markers = [pipe.stages.load(p.stem) for p in pipe.stages.dir.glob("*.json")]
+        markers = sorted((m for m in markers if m and m.get("command")), key=lambda m: m.get("finished", ""))
+        return [m["command"].replace(str(D.REPO) + "/", "") for m in markers]
+
+    def common_fields(summary):
+        return {"preset": args.preset, "settings": preset, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "code_version": D.git_version(),
+                "corpus": {k: summary["corpus"].get(k) for k in ("size", "seed", "counts", "total_hours", "splits",
+                                                                 "seen_voices", "unseen_voices", "engine_versions")}}
+
     try:
-        for seed in ([] if args.ablations_only else args.seeds):
+        for seed in ([] if args.ablations_only or args.report_only else args.seeds):
             pipe = D.Pipeline(out / f"seed{seed}", preset, corpus_dir, preset["corpus"], seed=seed, clock=clock,
                               threads=args.threads)
-            if args.report_only and not (out / f"seed{seed}" / "stages").exists():
-                continue
             D.banner(clock, f"seed {seed}")
-            summary = pipe.run() if not args.report_only else pipe.collect()
-            corpus = summary["corpus"]
-            seed_runs[seed] = {
-                "results": summary["results"], "timings": summary["timings"],
-                "diagnostics": {s: final_diagnostics(pipe.out / "pretrain" / s / "train.log") for s in ("birq", "bestrq")},
-                "logs": pipe.pretrain_logs(),
-            }
-            if not commands:  # in the order the stages ran
-                markers = [pipe.stages.load(p.stem) for p in pipe.stages.dir.glob("*.json")]
-                markers = sorted((m for m in markers if m and m.get("command")), key=lambda m: m.get("finished", ""))
-                commands = [m["command"] for m in markers]
+            summary = pipe.run()
+            run = dict(common_fields(summary), seed=seed, results=summary["results"], timings=summary["timings"],
+                       diagnostics={s: final_diagnostics(pipe.out / "pretrain" / s / "train.log")
+                                    for s in ("birq", "bestrq")},
+                       logs=compact_logs(pipe.pretrain_logs()), commands=stage_commands(pipe),
+                       probe=summary.get("probe"))
+            print(f"   wrote {save_summary(args.preset, f'seed{seed}', run)} (commit it)", flush=True)
         first = args.seeds[0]
-        for name in args.ablations:
-            extra = [o.replace("{U}", str(preset["pretrain_updates"])) for o in ABLATIONS[name][1]]
+        for name in ([] if args.report_only else args.ablations):
+            extra = ablation_overrides(name, preset)
             pipe = D.Pipeline(out / "ablations" / name, preset, corpus_dir, preset["corpus"], seed=first, clock=clock,
                               threads=args.threads, birq_overrides=extra, systems=["birq"])
-            if args.report_only and not (pipe.out / "stages").exists():
-                continue
             D.banner(clock, f"ablation {name}: {ABLATIONS[name][0]}")
-            if args.report_only:
-                summary = pipe.collect()
-            elif args.ablation_pretrain_only:
-                summary = pipe.run(pretrain_only=True)
-            else:
-                summary = pipe.run()
-            ablation_runs[name] = {
-                "results": summary["results"], "timings": summary["timings"],
-                "diagnostics": {"birq": final_diagnostics(pipe.out / "pretrain" / "birq" / "train.log")},
-                "logs": pipe.pretrain_logs(),
-            }
+            summary = pipe.run(pretrain_only=args.ablation_pretrain_only)
+            run = dict(common_fields(summary), seed=first, description=ABLATIONS[name][0], overrides=extra,
+                       results=summary["results"], timings=summary["timings"],
+                       diagnostics={"birq": final_diagnostics(pipe.out / "pretrain" / "birq" / "train.log")},
+                       logs=compact_logs(pipe.pretrain_logs()), commands=stage_commands(pipe))
+            print(f"   wrote {save_summary(args.preset, f'ablation_{name}', run)} (commit it)", flush=True)
     except D.StageFailed as e:
         print(f"\nrun_results: {e}\nrun_results: rerun the same command to resume.", file=sys.stderr)
         return 1
@@ -280,12 +333,17 @@ def main(argv=None) -> int:
     if args.ablations_only:
         D.banner(clock, "ablations done (no report: rerun with --report-only)")
         return 0
+    seed_runs, ablation_runs = load_summaries(args.preset)
     if not seed_runs:
-        print("run_results: no finished runs to report", file=sys.stderr)
+        print(f"run_results: no finished runs to report in {summary_dir(args.preset)}", file=sys.stderr)
         return 1
 
-    D.banner(clock, "report")
+    D.banner(clock, f"report from the committed summaries of seeds {list(seed_runs)}")
+    first = next(iter(seed_runs))
+    latest = seed_runs[max(seed_runs)]
+    corpus = dict(latest["corpus"])
     corpus["_dir"] = str(corpus_dir.relative_to(D.REPO) if corpus_dir.is_relative_to(D.REPO) else corpus_dir)
+    commands = latest.get("commands", [])
     merged = OrderedDict()
     for run in seed_runs.values():
         for system, per_test in run["results"].items():
@@ -309,6 +367,7 @@ def main(argv=None) -> int:
     doc = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "preset": args.preset, "settings": preset,
            "seeds": {s: {k: v for k, v in r.items() if k != "logs"} for s, r in seed_runs.items()},
            "ablations": {n: {k: v for k, v in r.items() if k != "logs"} for n, r in ablation_runs.items()}}
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     write_results_md(args, preset, out, seed_runs, ablation_runs, corpus, commands, plots_dir)
     print(D.wer_table(merged, "wer"))

@@ -1,0 +1,245 @@
+#!/usr/bin/env python
+"""Search for a regime where pretraining pays off on this CPU (issue: "a regime where
+pretraining matters"): a small, resumable grid over model size, unlabelled pool,
+pretraining updates and batch, labelled-subset size and finetuning recipe.
+
+    .venv/bin/python examples/demo/regime_grid.py --list
+    .venv/bin/python examples/demo/regime_grid.py --runs ft_s_none_l100_r1 ft_s_bestrq3k_l100_r1 ...
+    .venv/bin/python examples/demo/regime_grid.py --report           # examples/demo/regime/grid.md
+
+Every run is named; a run's name fixes all of its settings (RUNS below). Pretraining runs
+are shared by the finetuning runs built on them. Each finished stage leaves a marker
+(resumable, as the demo's); the summary of every finished finetuning run (valid and test
+CER/WER, settings, timings) is written to examples/demo/regime/<run>.json, which is
+committed, so the grid table can be regenerated without the checkpoints. Choices are made
+on the valid split only; test numbers are shown for the final table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import demo_lib as D  # noqa: E402
+
+SUMMARY_DIR = D.REPO / "examples" / "demo" / "regime"
+EVAL_SETS = ("valid",) + D.TEST_SETS
+
+# Encoder shapes (BiRQ's tiny config otherwise). "s" is the demo's 0.4M-parameter model.
+ARCHS = {
+    "s": {"model.encoder_layers": 4, "model.encoder_embed_dim": 96, "model.encoder_ffn_embed_dim": 192,
+          "model.encoder_attention_heads": 4},
+    "m": {"model.encoder_layers": 6, "model.encoder_embed_dim": 192, "model.encoder_ffn_embed_dim": 768,
+          "model.encoder_attention_heads": 4, "model.conv_channels": 32, "model.conv_pos": 32},
+}
+
+# Finetuning recipes (on top of examples/finetune/tiny_ctc.yaml).
+RECIPES = {
+    # the demo's recipe: frozen conv subsampling, 25 % channel masking, lr 2e-3
+    "r1": ["optimization.lr=[0.002]", "optimization.clip_norm=10.0"],
+    # trained subsampling, light channel masking, lower lr
+    "r2": ["optimization.lr=[0.001]", "optimization.clip_norm=10.0", "model.feature_grad_mult=1.0",
+           "model.mask_channel_prob=0.05"],
+    # r2 with the encoder frozen for the first 30 % of updates (only the CTC projection
+    # trains): what wav2vec 2.0's low-resource recipes do to keep pretrained features
+    "r3": ["optimization.lr=[0.001]", "optimization.clip_norm=10.0", "model.feature_grad_mult=1.0",
+           "model.mask_channel_prob=0.05", "model.freeze_finetune_updates={F30}"],
+}
+
+
+def pretrain_spec(arch: str, system: str, updates: int, max_tokens: int, pool: str = "train",
+                  extra: List[str] = ()) -> dict:
+    return dict(arch=arch, system=system, updates=updates, max_tokens=max_tokens, pool=pool, extra=list(extra))
+
+
+# name -> pretraining settings
+PRETRAIN = OrderedDict([
+    ("s_none", pretrain_spec("s", "none", 1, 128000)),
+    ("s_bestrq3k", pretrain_spec("s", "bestrq", 3000, 128000)),
+    ("m_none", pretrain_spec("m", "none", 1, 320000)),
+    ("m_bestrq3k", pretrain_spec("m", "bestrq", 3000, 320000)),
+    # can the model predict masked anchor labels beyond their marginal at all? (1500 updates)
+    ("s_bestrq_lr3e3", pretrain_spec("s", "bestrq", 1500, 128000, extra=["optimization.lr=[0.003]"])),
+    ("s_bestrq_span2", pretrain_spec("s", "bestrq", 1500, 128000, extra=["model.mask_length=2"])),
+    ("s_bestrq_cb16", pretrain_spec("s", "bestrq", 1500, 128000, extra=["model.anchor_codebook_size=16"])),
+    ("s_bestrq_ref1500", pretrain_spec("s", "bestrq", 1500, 128000)),
+])
+
+
+def finetune_spec(pretrain: str, labelled: int, recipe: str, updates: int, max_tokens: int = 128000) -> dict:
+    return dict(pretrain=pretrain, labelled=labelled, recipe=recipe, updates=updates, max_tokens=max_tokens)
+
+
+def _grid() -> "OrderedDict[str, dict]":
+    runs = OrderedDict()
+    for pre in PRETRAIN:
+        for labelled in (100, 300, 1000):
+            for recipe in RECIPES:
+                runs[f"ft_{pre}_l{labelled}_{recipe}"] = finetune_spec(pre, labelled, recipe, 2000)
+    return runs
+
+
+RUNS = _grid()
+
+
+# --------------------------------------------------------------------------- stages
+class Grid:
+    def __init__(self, out: Path, corpus: Path, seed: int, threads: int):
+        self.out, self.corpus, self.seed = out, corpus, seed
+        self.env = D.thread_env(threads)
+        self.clock = D.Clock()
+        self.stages = D.Stages(out / "stages")
+
+    def _train(self, stage: str, config_dir: str, config: str, overrides: List[str], save_dir: Path,
+               updates: int, upstream=None) -> Path:
+        ckpt = save_dir / "checkpoint_last.pt"
+
+        def action():
+            save_dir.mkdir(parents=True, exist_ok=True)
+            D.run_command([D.BIN / "fairseq-hydra-train", "--config-dir", D.REPO / "examples" / config_dir,
+                           "--config-name", config] + overrides, save_dir / "stdout.log", env=self.env,
+                          line_filter=D.FairseqProgress(stage, updates, self.clock))
+            return {"command": f"fairseq-hydra-train --config-dir examples/{config_dir} --config-name {config} "
+                               + " ".join(overrides)}
+
+        D.run_stage(self.stages, stage, D.signature([overrides, upstream]), [ckpt], action, self.clock, stage,
+                    clean=lambda: D.clean_run_dir(save_dir))
+        return ckpt
+
+    def pretrain(self, name: str) -> Path:
+        spec = PRETRAIN[name]
+        save_dir = self.out / "pretrain" / f"{name}_seed{self.seed}"
+        updates = spec["updates"]
+        ov = [f"common.user_dir={D.PLUGIN}", f"task.data={self.corpus}", f"checkpoint.save_dir={save_dir}",
+              f"hydra.run.dir={save_dir}/hydra", "common.log_format=json", f"common.log_file={save_dir}/train.log",
+              "common.log_interval=25", f"common.seed={self.seed}", f"dataset.max_tokens={spec['max_tokens']}",
+              f"dataset.train_subset={spec['pool']}", "common.cpu=true", "dataset.num_workers=0",
+              f"checkpoint.save_interval_updates={max(updates // 4, 5)}"]
+        ov += [f"{k}={v}" for k, v in ARCHS[spec["arch"]].items()]
+        if spec["system"] == "none":  # the seeded initialisation, in pretraining-checkpoint format
+            ov += ["model.enhanced_stream=true", "optimization.max_update=1", "optimization.lr=[0.0]",
+                   "dataset.disable_validation=true"]
+        else:
+            ov += [f"model.enhanced_stream={'true' if spec['system'] == 'birq' else 'false'}",
+                   f"optimization.max_update={updates}", f"lr_scheduler.warmup_updates={max(updates // 10, 1)}",
+                   f"dataset.validate_interval_updates={max(updates // 2, 1)}"]
+        ov += spec["extra"]
+        return self._train(f"pretrain_{name}_seed{self.seed}", "pretrain", "tiny_birq", ov, save_dir, updates)
+
+    def finetune(self, run: str) -> dict:
+        spec = RUNS[run]
+        pre_ckpt = self.pretrain(spec["pretrain"])
+        subset = D.labelled_subset(self.corpus, spec["labelled"])
+        save_dir = self.out / "finetune" / f"{run}_seed{self.seed}"
+        updates = spec["updates"]
+        recipe = [o.replace("{F30}", str(int(0.3 * updates))) for o in RECIPES[spec["recipe"]]]
+        ov = [f"common.user_dir={D.PLUGIN}", f"task.data={self.corpus}", f"model.w2v_path={pre_ckpt}",
+              f"checkpoint.save_dir={save_dir}", f"hydra.run.dir={save_dir}/hydra", "common.log_format=json",
+              f"common.log_file={save_dir}/train.log", "common.log_interval=50", f"common.seed={self.seed}",
+              f"dataset.train_subset={subset}", "dataset.valid_subset=valid", f"optimization.max_update={updates}",
+              f"dataset.max_tokens={spec['max_tokens']}", f"dataset.validate_interval_updates={updates}",
+              f"checkpoint.save_interval_updates={max(updates // 4, 5)}", "common.cpu=true",
+              "dataset.num_workers=0"] + recipe
+        pre_stage = f"pretrain_{spec['pretrain']}_seed{self.seed}"
+        ckpt = self._train(f"finetune_{run}_seed{self.seed}", "finetune", "tiny_ctc", ov, save_dir, updates,
+                           upstream=self.stages.load(pre_stage).get("signature"))
+        results = OrderedDict((s, self.decode(run, ckpt, s)) for s in EVAL_SETS)
+        summary = OrderedDict(run=run, seed=self.seed, spec=spec, pretrain=PRETRAIN[spec["pretrain"]],
+                              arch=ARCHS[PRETRAIN[spec["pretrain"]]["arch"]], recipe=recipe, results=results,
+                              timings={k: v for k, v in self.stages.timings().items()
+                                       if k in (pre_stage, f"finetune_{run}_seed{self.seed}")},
+                              date=time.strftime("%Y-%m-%d %H:%M:%S"))
+        SUMMARY_DIR.mkdir(parents=True, exist_ok=True)
+        (SUMMARY_DIR / f"{run}_seed{self.seed}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def decode(self, run: str, ckpt: Path, subset: str) -> dict:
+        res_dir = self.out / "decode" / f"{run}_seed{self.seed}"
+        out_txt = res_dir / f"generate-{subset}.txt"
+        args = [self.corpus, "--task", "birq_finetuning", "--path", ckpt, "--gen-subset", subset,
+                "--scoring", "wer", "--post-process", "letter", "--user-dir", D.PLUGIN, "--results-path", res_dir,
+                "--cpu", "--num-workers", "0", "--max-tokens", "2000000"]
+
+        def action():
+            if out_txt.exists():
+                out_txt.unlink()
+            D.run_command([D.BIN / "fairseq-generate"] + args, res_dir / f"stdout-{subset}.log", env=self.env,
+                          line_filter=lambda l: f"   {l}" if ("rror" in l or "Traceback" in l) else None)
+            result = D.parse_generate_output(out_txt)
+            print(f"   {run} {subset}: WER {result['wer']:.1f}  CER {result['cer']:.1f}", flush=True)
+            return {"result": result}
+
+        ft = self.stages.load(f"finetune_{run}_seed{self.seed}") or {}
+        marker = D.run_stage(self.stages, f"decode_{run}_seed{self.seed}_{subset}",
+                             D.signature([args, ft.get("signature"), ft.get("finished_at")]), [out_txt], action,
+                             self.clock, f"decode {run} on {subset}")
+        return marker["result"]
+
+
+# --------------------------------------------------------------------------- report
+def load_summaries() -> List[dict]:
+    return [json.loads(p.read_text()) for p in sorted(SUMMARY_DIR.glob("*.json"))]
+
+
+def report(path: Path) -> str:
+    rows = load_summaries()
+    by_key: Dict[tuple, dict] = {}
+    for r in rows:
+        by_key[(r["run"], r["seed"])] = r
+    lines = ["| run | arch | pretraining | labelled | recipe | ft updates | seed | valid CER | seen CER | unseen CER "
+             "| seen WER | unseen WER |", "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: |"]
+    for (run, seed), r in sorted(by_key.items()):
+        pre, spec, res = r["pretrain"], r["spec"], r["results"]
+        pre_txt = "none" if pre["system"] == "none" else (
+            f"{pre['system']} {pre['updates']} x {pre['max_tokens'] / 16000:.0f} s")
+        lines.append(f"| {run} | {pre['arch']} | {pre_txt} | {spec['labelled']} | {spec['recipe']} | "
+                     f"{spec['updates']} | {seed} | {res['valid']['cer']:.1f} | {res['test_seen']['cer']:.1f} | "
+                     f"{res['test_unseen']['cer']:.1f} | {res['test_seen']['wer']:.1f} | "
+                     f"{res['test_unseen']['wer']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    global SUMMARY_DIR
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="*", default=[], help="finetuning runs to (re)run or resume")
+    p.add_argument("--pretrain", nargs="*", default=[], help="pretraining runs only")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--corpus-dir", default=str(D.REPO / "data" / "tts_large"))
+    p.add_argument("--out", default=str(D.REPO / "results_runs" / "regime"))
+    p.add_argument("--summary-dir", default=str(SUMMARY_DIR), help="where run summaries (committed) go")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--report", action="store_true")
+    args = p.parse_args(argv)
+    SUMMARY_DIR = Path(args.summary_dir)
+    if args.list:
+        for name, spec in PRETRAIN.items():
+            print(f"pretrain {name}: {json.dumps(spec)}")
+        for name, spec in RUNS.items():
+            print(f"run {name}: {json.dumps(spec)}")
+        return 0
+    unknown = [r for r in args.runs if r not in RUNS] + [r for r in args.pretrain if r not in PRETRAIN]
+    if unknown:
+        p.error(f"unknown runs: {unknown} (see --list)")
+    grid = Grid(Path(args.out).resolve(), Path(args.corpus_dir).resolve(), args.seed, args.threads)
+    for name in args.pretrain:
+        grid.pretrain(name)
+    for run in args.runs:
+        grid.finetune(run)
+    if args.report or args.runs:
+        print(report(SUMMARY_DIR / "grid.md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
