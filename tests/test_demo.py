@@ -330,3 +330,16 @@ def test_labelled_subset_is_a_nested_prefix(tmp_path):
     assert (corpus / "finetune3.ltr").read_text().splitlines() == ["A0 |", "A1 |", "A2 |"]
     with pytest.raises(ValueError, match="finetune.tsv: has 5 utterances"):
         D.labelled_subset(corpus, 6)
+
+
+def test_demo_says_how_it_relates_to_results_md(tmp_path, monkeypatch):
+    import run_demo
+    import run_results as R
+
+    monkeypatch.setattr(R, "summary_dir", lambda preset: tmp_path / preset)
+    results = {"none": {t: {"cer": 60.0} for t in D.TEST_SETS}, "bestrq": {t: {"cer": 45.0} for t in D.TEST_SETS}}
+    line = run_demo.relation_to_results_md(results)
+    assert "= 0.75" in line and "n/a over 0 committed seed(s)" in line
+    R.save_summary("regime", "seed1", {"results": {"none": {t: {"cer": 50.0} for t in D.TEST_SETS},
+                                                   "bestrq": {t: {"cer": 40.0} for t in D.TEST_SETS}}})
+    assert "ratio is 0.80 over 1 committed seed(s)" in run_demo.relation_to_results_md(results)

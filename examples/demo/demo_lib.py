@@ -407,6 +407,11 @@ def wer_table(results: Dict[str, Dict[str, dict]], metric: str = "wer") -> str:
     return "\n".join(lines)
 
 
+def as_list(value) -> list:
+    """A decode result, or a list of them (one per seed), as a list."""
+    return value if isinstance(value, list) else [value]
+
+
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
     n = len(values)
     if n == 0:
@@ -449,6 +454,38 @@ def plot_pretraining(logs: Dict[str, Dict[str, List[dict]]], out_png: Path, titl
     for ax in axes[1]:
         ax.set_xlabel("update")
     fig.suptitle(title or "pretraining curves (lines: train, dots: valid)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def plot_probe(probes: Dict[str, Dict[str, list]], out_png: Path, title: str = "") -> None:
+    """PNMI − chance and char purity vs pretraining updates, one line per (run, system, stream).
+
+    ``probes[run][system]`` is the probe's list of per-checkpoint results."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for run, per_system in probes.items():
+        for system, series in per_system.items():
+            series = sorted(series if isinstance(series, list) else [series], key=lambda r: r.get("num_updates") or 0)
+            for stream in sorted({k for r in series for k in r.get("streams", {})}):
+                xs = [r.get("num_updates") or 0 for r in series if stream in r["streams"]]
+                ms = [r["streams"][stream] for r in series if stream in r["streams"]]
+                label = f"{SYSTEM_LABELS.get(system, system)} {stream} ({run})"
+                style = "-" if stream.startswith("enhanced") else "--"
+                axes[0].plot(xs, [m["pnmi"] - m["pnmi_chance"] for m in ms], style, marker="o", label=label)
+                axes[1].plot(xs, [m["char_purity"] for m in ms], style, marker="o", label=label)
+    axes[0].set_ylabel("PNMI − chance")
+    axes[1].set_ylabel("char purity")
+    for ax in axes:
+        ax.set_xlabel("pretraining updates")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=6)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)

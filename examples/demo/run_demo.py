@@ -49,6 +49,36 @@ def get_parser():
     return p
 
 
+def relation_to_results_md(results: dict) -> str:
+    """One line: this run's CER ratio next to RESULTS.md's multi-seed comparison (the
+    committed summaries of the ``regime`` preset), so a reader knows how the two relate."""
+    import run_results as R
+
+    def mean_cer(res, system):  # over both test sets (and seeds, when given lists)
+        values = [r["cer"] for t in D.TEST_SETS for r in D.as_list(res[system][t])]
+        return sum(values) / len(values)
+
+    def cer_ratio(res, num, den):
+        try:
+            return mean_cer(res, num) / mean_cer(res, den)
+        except (KeyError, ZeroDivisionError):
+            return None
+
+    here = cer_ratio(results, "bestrq", "none")
+    seeds, _ = R.load_summaries("regime")
+    merged = {}
+    for run in seeds.values():
+        for system, per_test in run["results"].items():
+            for test, r in per_test.items():
+                merged.setdefault(system, {}).setdefault(test, []).append(r)
+    there = cer_ratio(merged, "bestrq", "none")
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
+    return (f"Relation to RESULTS.md: this demo is one seed at demo scale (CER BEST-RQ / no pretraining = "
+            f"{fmt(here)}, both test sets); RESULTS.md is the 3-seed comparison in the `regime` preset "
+            f"(6 h unlabelled, 100 labelled utterances, topline, probe; `make results`) where that ratio is "
+            f"{fmt(there)} over {len(seeds)} committed seed(s).")
+
+
 def report(out: Path, pipe: D.Pipeline, summary: dict, preset_name: str, preset: dict, clock: D.Clock) -> dict:
     D.banner(clock, "report")
     results = summary["results"]
@@ -78,11 +108,13 @@ def report(out: Path, pipe: D.Pipeline, summary: dict, preset_name: str, preset:
         "total_wall_seconds_this_invocation": round(clock.elapsed(), 1),
         "plots": [str(curves_png) if logs else None, str(wer_png)],
     }
+    doc["relation_to_results_md"] = relation_to_results_md(results)
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     print("\nWER (%) after CTC finetuning, greedy decoding, checkpoint_last:")
     print(D.wer_table(results, "wer"))
     print("\nCER (%) (same decodes):")
     print(D.wer_table(results, "cer"))
+    print(doc["relation_to_results_md"])
     for name, f in final.items():
         print(f"{name} at update {f.get('num_updates')}: " + " ".join(
             f"{k}={v}" for k, v in f.items() if k != "num_updates"))
