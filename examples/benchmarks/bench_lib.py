@@ -235,16 +235,20 @@ def measure_step_memory(overrides: dict, batch: int, seconds: float, repeats: in
     Run in a fresh process with MALLOC_MMAP_THRESHOLD_ set (see run.py): every large
     tensor is then its own mmap, returned to the OS when freed, so RSS tracks live tensor
     bytes. Warm-up steps (two by default; one suffices for Adam's state) allocate the optimizer
-    state; then, per repeat,
-    trim malloc, read RSS (baseline: weights + grads + Adam state + batch), reset the
-    kernel's peak-RSS counter, run one step and read the peak. The delta is the step's
-    transient memory (activations saved for backward, logits, temporaries)."""
+    state; then, per repeat, free the gradients, trim malloc, read RSS (baseline: weights +
+    Adam state + batch), reset the kernel's peak-RSS counter, run one step and read the
+    peak. The delta is the step's transient memory (gradients, activations saved for
+    backward, logits, temporaries)."""
     model, criterion, optimizer = build(overrides)
     sample = make_sample(batch, seconds)
     for _ in range(warmup):
         train_step(model, criterion, optimizer, sample)
     deltas, peaks, bases = [], [], []
     for _ in range(repeats):
+        # The previous step's gradients go before the baseline (train_step frees them first
+        # thing anyway): otherwise a model whose gradients outweigh its activations (base
+        # size, short batch) reads the step's peak against memory it frees at its start.
+        optimizer.zero_grad(set_to_none=True)
         _trim()
         base = _rss_bytes()
         if not _reset_hwm():
