@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 OUT ?= demo_runs
 
-.PHONY: setup test test-fast demo demo-quick results bench corpus clean
+.PHONY: setup test test-fast demo demo-quick results results-report bench corpus clean
 
 setup:
 	bash scripts/setup.sh
@@ -23,9 +23,18 @@ demo: setup
 demo-quick: setup
 	$(PY) examples/demo/run_demo.py --preset quick --out $(OUT)/quick
 
-## The longer multi-seed comparison that writes RESULTS.md (hours; resumable).
+## The multi-seed comparison of RESULTS.md (regime preset; ~30-80 min per seed on 2 cores; resumable):
+## each finished seed leaves examples/demo/results/runs/regime/seed<N>.json (commit it), and RESULTS.md
+## is rewritten from every committed seed.  make results SEEDS=2   runs one seed.
+SEEDS ?= 1 2 3
+ABLATIONS ?=
 results: setup
-	$(PY) examples/demo/run_results.py --out $(OUT)/results
+	$(PY) examples/demo/run_results.py --preset regime --seeds $(SEEDS) --out $(OUT)/results \
+	  $(if $(ABLATIONS),--ablations $(ABLATIONS),)
+
+## RESULTS.md from the committed seed summaries only (runs nothing).
+results-report: setup
+	$(PY) examples/demo/run_results.py --preset regime --report-only --out $(OUT)/results
 
 ## Cost of BiRQ's labels against BEST-RQ and HuBERT, measured side by side (< 20 min).
 bench: setup
