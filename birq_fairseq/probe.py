@@ -38,7 +38,6 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
@@ -283,9 +282,9 @@ def frame_codes(model, source: torch.Tensor, padding_mask: Optional[torch.Tensor
     """The labels a BiRQ model trains on, on every frame, without masking or Gumbel noise.
 
     source (B, S) waveform, padding_mask (B, S) True at padding (or None) ->
-    ``({stream name: (B, T') int64 codes}, (B,) valid frames)``. Mirrors ``BirqModel.forward``
-    (anchor: quantizer of the stacked normalised filterbank; enhanced: layers 1..k of the
-    unmasked input, per-frame layer norm, similarity / similarity_temp, optional centering);
+    ``({stream name: (B, T') int64 codes}, (B,) valid frames)``. The model must be in eval mode.
+    Mirrors ``BirqModel.forward`` (anchor: quantizer of the stacked normalised filterbank;
+    enhanced: ``BirqModel.enhanced_code_logits`` of layers 1..k on the unmasked input);
     tests/test_probe.py checks it against ``forward``'s labels on the masked frames.
     """
     from birq_fairseq.modules.frontend import FRAMES_PER_STEP
@@ -300,11 +299,7 @@ def frame_codes(model, source: torch.Tensor, padding_mask: Optional[torch.Tensor
     codes = [model.anchor_quantizer(feats.reshape(batch, steps, FRAMES_PER_STEP * n_mels))]  # (B, T', Na)
     if model.enhanced_quantizer is not None:
         h, _ = model.run_encoder(model.encoder_input(feats), step_padding, model.enhanced_layer - 1)
-        h = F.layer_norm(h.float(), (h.size(-1),))
-        logits = model.enhanced_quantizer.similarity(h) / model.cfg.similarity_temp  # (B, T', Ne, Ve)
-        if model.enhanced_centering is not None:
-            logits = logits - model.enhanced_centering.center.to(logits.dtype)
-        codes.append(logits.argmax(-1))
+        codes.append(model.enhanced_code_logits(h).argmax(-1))  # (B, T', Ne); eval mode: no centre update
     codes = torch.cat(codes, dim=-1)
     return dict(zip(stream_names(model), codes.unbind(-1))), lengths
 

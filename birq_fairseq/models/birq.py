@@ -438,6 +438,16 @@ class BirqModel(BaseFairseqModel):
             x = self.encoder.layer_norm(x)
         return x, layer_results
 
+    def enhanced_code_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., D) output of layer k -> (..., Ne, Ve) fp32 logits the enhanced labels are drawn
+        from: per-frame layer norm, cosine to the frozen codebook / tau_c, minus the running
+        centre when model.enhanced_centering is on (updated in training only)."""
+        h = F.layer_norm(h.float(), (h.size(-1),))
+        logits = self.enhanced_quantizer.similarity(h) / self.cfg.similarity_temp
+        if self.enhanced_centering is not None:
+            logits = self.enhanced_centering(logits)
+        return logits
+
     def enhanced_targets(self, feats, step_padding, loss_frames, embedded=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Label generator: layers 1..k on the unmasked input -> straight-through one-hots.
 
@@ -464,10 +474,7 @@ class BirqModel(BaseFairseqModel):
                 h = torch.utils.checkpoint.checkpoint(layers_1_to_k, inputs, use_reentrant=False)
             else:
                 h = layers_1_to_k(inputs)
-            h = F.layer_norm(h[loss_frames].float(), (h.size(-1),))
-            logits = self.enhanced_quantizer.similarity(h) / self.cfg.similarity_temp  # fp32
-            if self.enhanced_centering is not None:
-                logits = self.enhanced_centering(logits)
+            logits = self.enhanced_code_logits(h[loss_frames])
             if self.cfg.enhanced_sinkhorn_iters > 0 and self.training:
                 logits = logits + sinkhorn_offset(logits, self.cfg.enhanced_sinkhorn_iters)
             with torch.autocast(device_type=logits.device.type, enabled=False):
