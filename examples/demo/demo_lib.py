@@ -782,7 +782,11 @@ class Pipeline:
                 continue
             save_dir = self.out / "pretrain" / system
             ckpts = sorted(save_dir.glob("checkpoint_*_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
-            ckpts = [p for p in ckpts] + [save_dir / "checkpoint_last.pt"]
+            if not ckpts or int(ckpts[-1].stem.rsplit("_", 1)[-1]) != self.p["pretrain_updates"]:
+                ckpts.append(save_dir / "checkpoint_last.pt")
+            if system == "birq" and "none" in self.systems:
+                # the untrained init is BiRQ's own starting point (same seed and architecture): update 0
+                ckpts.insert(0, self.out / "pretrain" / "none" / "checkpoint_last.pt")
             out_json = self.out / "probe" / f"{system}_{test}.json"
             args = ["-m", "birq_fairseq", "probe", "--pretrained"] + [str(p) for p in ckpts] + [
                 "--aligner", str(aligner), "--data", str(self.corpus_dir), "--subset", test, "--json", str(out_json)]

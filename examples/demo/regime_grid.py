@@ -184,7 +184,73 @@ class Grid:
 
 # --------------------------------------------------------------------------- report
 def load_summaries() -> List[dict]:
-    return [json.loads(p.read_text()) for p in sorted(SUMMARY_DIR.glob("*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(SUMMARY_DIR.glob("ft_*.json"))]
+
+
+def anchor_marginal_bits(checkpoint: Path, manifest: Path, utterances: int = 100) -> float:
+    """Entropy (bits) of the anchor labels' marginal over a manifest's first utterances: the
+    cross-entropy of a predictor that ignores the audio. A masked-prediction loss at or above
+    it means the model learned nothing about the context."""
+    import soundfile as sf
+    import torch
+
+    import birq_fairseq  # noqa: F401  (registers the task and model)
+    from fairseq import checkpoint_utils
+
+    model = checkpoint_utils.load_model_ensemble([str(checkpoint)])[0][0].eval()
+    lines = manifest.read_text().splitlines()
+    labels = []
+    with torch.no_grad():
+        for line in lines[1: utterances + 1]:
+            wav, _ = sf.read(Path(lines[0]) / line.split("\t")[0], dtype="float32")
+            feats, _ = model.frontend(torch.from_numpy(wav)[None], None)
+            steps = feats.size(1) // 4
+            labels.append(model.anchor_quantizer(feats[:, : steps * 4].reshape(1, steps, -1)).flatten())
+    counts = torch.bincount(torch.cat(labels)).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log2()).sum()), float(p.max())
+
+
+def weight_shift(out: Path, pretrain: str, finetune_run: str, seed: int) -> Dict[str, float]:
+    """Mean |change| of the encoder's weights: pretraining (init -> pretrained) against
+    finetuning (pretrained -> finetuned). The init is the 'none' run of the same arch and seed
+    (the same seeded initialisation); wav2vec_ctc keeps the encoder under w2v_encoder.w2v_model."""
+    import torch
+
+    arch = PRETRAIN[pretrain]["arch"]
+    load = lambda p: torch.load(p, map_location="cpu", weights_only=False)["model"]  # noqa: E731
+    init = load(out / "pretrain" / f"{arch}_none_seed{seed}" / "checkpoint_last.pt")
+    pre = load(out / "pretrain" / f"{pretrain}_seed{seed}" / "checkpoint_last.pt")
+    fin = load(out / "finetune" / f"{finetune_run}_seed{seed}" / "checkpoint_last.pt")
+    keys = [k for k in pre if k.startswith("encoder.layers.") and pre[k].dtype.is_floating_point
+            and f"w2v_encoder.w2v_model.{k}" in fin]
+    mean = lambda a, b: float(sum((a[k] - b[k]).abs().mean() for k in keys) / len(keys))  # noqa: E731
+    fin = {k: fin[f"w2v_encoder.w2v_model.{k}"] for k in keys}
+    return {"pretraining": round(mean(pre, init), 4), "finetuning": round(mean(fin, pre), 4),
+            "finetune_run": finetune_run, "tensors": len(keys)}
+
+
+def pretrain_summary(out: Path, corpus: Path, name: str, seed: int) -> dict:
+    """Valid anchor loss/accuracy at the end of a pretraining run against the labels' marginal
+    entropy; cached as pretrain_<name>_seed<N>.json next to the finetuning summaries."""
+    cached = SUMMARY_DIR / f"pretrain_{name}_seed{seed}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    save_dir = out / "pretrain" / f"{name}_seed{seed}"
+    log = save_dir / "train.log"
+    marker = D.Stages(out / "stages").load(f"pretrain_{name}_seed{seed}") or {}
+    if PRETRAIN[name]["system"] == "none" or marker.get("status") != "done":
+        return {}  # not run, or not finished
+    valid = D.parse_fairseq_log(log)["valid"]
+    bits, majority = anchor_marginal_bits(save_dir / "checkpoint_last.pt", corpus / "valid.tsv")
+    summary = OrderedDict(name=name, seed=seed, spec=PRETRAIN[name],
+                          valid=[{k: r.get(k) for k in ("num_updates", "anchor_loss", "anchor_acc")} for r in valid],
+                          anchor_marginal_bits=round(bits, 3), anchor_majority_share=round(majority, 3))
+    ft_run = f"ft_{name}_l100_r1"
+    if (out / "finetune" / f"{ft_run}_seed{seed}" / "checkpoint_last.pt").exists():
+        summary["weight_shift"] = weight_shift(out, name, ft_run, seed)
+    cached.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def report(path: Path) -> str:
@@ -198,11 +264,27 @@ def report(path: Path) -> str:
     for (run, seed), r in sorted(by_key.items()):
         pre, spec, res = r["pretrain"], r["spec"], r["results"]
         pre_txt = "none" if pre["system"] == "none" else (
-            f"{pre['system']} {pre['updates']} x {pre['max_tokens'] / 16000:.0f} s")
+            f"{pre['system']} {pre['updates']} x {pre['max_tokens'] / 16000:.0f} s "
+            + " ".join(o.replace("model.", "").replace("optimization.", "") for o in pre["extra"])).strip()
         lines.append(f"| {run} | {pre['arch']} | {pre_txt} | {spec['labelled']} | {spec['recipe']} | "
                      f"{spec['updates']} | {seed} | {res['valid']['cer']:.1f} | {res['test_seen']['cer']:.1f} | "
                      f"{res['test_unseen']['cer']:.1f} | {res['test_seen']['wer']:.1f} | "
                      f"{res['test_unseen']['wer']:.1f} |")
+    pretrain = [json.loads(p.read_text()) for p in sorted(SUMMARY_DIR.glob("pretrain_*.json"))]
+    if pretrain:
+        lines += ["", "Pretraining: masked anchor-label cross-entropy on valid (bits) against the entropy of the "
+                  "labels' marginal (the loss of a predictor that ignores the audio):", "",
+                  "| pretraining | seed | updates | valid anchor loss | marginal entropy | bits below marginal | "
+                  "valid anchor acc | most frequent label's share | mean abs weight change: pretraining / "
+                  "finetuning (l100 r1) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in pretrain:
+            last = r["valid"][-1]
+            shift = r.get("weight_shift")
+            shift_txt = f"{shift['pretraining']:.4f} / {shift['finetuning']:.4f}" if shift else "–"
+            lines.append(f"| {r['name']} | {r['seed']} | {last['num_updates']} | {last['anchor_loss']:.3f} | "
+                         f"{r['anchor_marginal_bits']:.3f} | {r['anchor_marginal_bits'] - last['anchor_loss']:.3f} | "
+                         f"{last['anchor_acc']:.3f} | {r.get('anchor_majority_share', float('nan')):.3f} | "
+                         f"{shift_txt} |")
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -236,6 +318,9 @@ def main(argv=None) -> int:
         grid.pretrain(name)
     for run in args.runs:
         grid.finetune(run)
+    if args.report:
+        for name in PRETRAIN:
+            pretrain_summary(Path(args.out).resolve(), Path(args.corpus_dir).resolve(), name, args.seed)
     if args.report or args.runs:
         print(report(SUMMARY_DIR / "grid.md"))
     return 0

@@ -285,6 +285,15 @@ def write_results_md(args, preset, out: Path, seed_runs, ablation_runs, corpus, 
         add("")
         add(f"![ablation curves]({rel_plots}/ablation_curves.png)\n")
 
+    grid = D.REPO / "examples" / "demo" / "regime" / "grid.md"
+    if grid.exists():
+        add("## How the regime was chosen: the grid (seed 1)\n")
+        add("Written by `examples/demo/regime_grid.py --report` from the committed summaries in "
+            "`examples/demo/regime/` (each run's settings are in its JSON; `regime_grid.py --list` prints them; "
+            "recipes r1/r2/r3 are defined in that script). 6 h unlabelled pool (`data/tts_large`), labelled "
+            "subsets are prefixes of its 1000-utterance finetune split.\n")
+        add(grid.read_text().rstrip() + "\n")
+
     analysis = D.REPO / "examples" / "demo" / "results_analysis.md"
     if analysis.exists():
         add(analysis.read_text().rstrip() + "\n")
