@@ -483,6 +483,8 @@ def plot_probe(probes: Dict[str, Dict[str, list]], out_png: Path, title: str = "
         for system, series in per_system.items():
             series = sorted(series if isinstance(series, list) else [series], key=lambda r: r.get("num_updates") or 0)
             for stream in sorted({k for r in series for k in r.get("streams", {})}):
+                if system == "birq" and stream.startswith("anchor") and "bestrq" in per_system:
+                    continue  # the same fixed labels as BEST-RQ's
                 xs = [r.get("num_updates") or 0 for r in series if stream in r["streams"]]
                 ms = [r["streams"][stream] for r in series if stream in r["streams"]]
                 label = f"{SYSTEM_LABELS.get(system, system)} {stream} ({run})"
@@ -601,7 +603,8 @@ class Pipeline:
 
     def __init__(self, out: Path, preset: dict, corpus_dir: Path, corpus_preset: str, corpus_seed: int = 1,
                  seed: int = 1, clock: Optional[Clock] = None, threads: Optional[int] = None,
-                 birq_overrides: Sequence[str] = (), systems: Sequence[str] = SYSTEMS):
+                 birq_overrides: Sequence[str] = (), systems: Sequence[str] = SYSTEMS,
+                 aligner: Optional[Path] = None):
         self.out = Path(out).resolve()
         self.p = preset
         self.corpus_dir = Path(corpus_dir).resolve()
@@ -613,6 +616,8 @@ class Pipeline:
         self.stages = Stages(self.out / "stages")
         self.birq_overrides = list(birq_overrides)
         self.systems = list(systems)
+        # the probe's CTC aligner: this run's supervised topline unless given (ablations use their seed's)
+        self.aligner = Path(aligner) if aligner else self.out / "finetune" / "topline" / "checkpoint_last.pt"
         # valid is decoded too when the preset asks (recipes are chosen on it, never on test)
         self.eval_sets = (("valid",) if preset.get("decode_valid") else ()) + TEST_SETS
 
@@ -775,7 +780,7 @@ class Pipeline:
         """PNMI / purity of the anchor and enhanced codes over pretraining (every saved
         checkpoint of BiRQ and BEST-RQ), against characters force-aligned by the supervised
         topline (``python -m birq_fairseq probe``); ``{system: [result per checkpoint]}``."""
-        aligner = self.out / "finetune" / "topline" / "checkpoint_last.pt"
+        aligner = self.aligner
         results = OrderedDict()
         for system in ("bestrq", "birq"):
             if system not in self.systems:
@@ -797,7 +802,8 @@ class Pipeline:
                 return {"result": json.loads(out_json.read_text()),
                         "command": "python " + " ".join(a.replace(str(REPO) + "/", "") for a in args)}
 
-            sig = signature([args, self.stage_identity(f"pretrain_{system}"), self.stage_identity("finetune_topline")])
+            sig = signature([args, self.stage_identity(f"pretrain_{system}"), self.stage_identity("finetune_topline"),
+                             aligner.stat().st_mtime])
             marker = run_stage(self.stages, f"probe_{system}_{test}", sig, [out_json], action, self.clock,
                                f"label-quality probe of {SYSTEM_LABELS[system]} over pretraining ({test})")
             results[system] = marker["result"]
@@ -821,7 +827,7 @@ class Pipeline:
             if s in finetuned:
                 results[s] = OrderedDict((t, self.decode(s, finetuned[s], t)) for t in self.eval_sets)
         summary = {"corpus": corpus, "results": results}
-        if self.p.get("probe") and "topline" in finetuned:
+        if self.p.get("probe") and ("topline" in finetuned or self.aligner.exists()):
             summary["probe"] = self.probe()
         summary["timings"] = self.stages.timings()
         return summary

@@ -237,15 +237,26 @@ def write_results_md(args, preset, out: Path, seed_runs, ablation_runs, corpus, 
             "seed. PNMI = I(char; code) / H(char) (HuBERT's measure); `chance` is the same with the codes "
             "shuffled over frames (the plug-in estimate is biased upwards), so compare PNMI − chance. "
             "Char purity = accuracy of guessing the character from the code.\n")
-        add("| seed | system | update | stream | PNMI | PNMI chance | PNMI − chance | char purity | code ppl |")
-        add("| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+        add("The anchor labels are fixed (a frozen quantizer of the input), so they are shown once per seed; the "
+            "enhanced labels at every saved checkpoint of BiRQ's pretraining (update 1: the untrained init, "
+            "BiRQ's own starting point).\n")
+        add("| seed | codes | update | PNMI | PNMI chance | PNMI − chance | char purity | code ppl |")
+        add("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+
+        def row(seed, what, point, m):
+            add(f"| {seed} | {what} | {point.get('num_updates')} | {m['pnmi']:.3f} | {m['pnmi_chance']:.3f} | "
+                f"{m['pnmi'] - m['pnmi_chance']:.3f} | {m['char_purity']:.3f} | {m['code_perplexity']:.1f} |")
+
         for seed, probe in probes:
-            for system, series in probe.items():
-                for point in series if isinstance(series, list) else [series]:
-                    for stream, m in point.get("streams", {}).items():
-                        add(f"| {seed} | {D.SYSTEM_LABELS[system]} | {point.get('num_updates')} | {stream} | "
-                            f"{m['pnmi']:.3f} | {m['pnmi_chance']:.3f} | {m['pnmi'] - m['pnmi_chance']:.3f} | "
-                            f"{m['char_purity']:.3f} | {m['code_perplexity']:.1f} |")
+            series = [p for system in ("bestrq", "birq") for p in D.as_list(probe.get(system) or [])]
+            anchor = next((p for p in series if "anchor" in p.get("streams", {})), None)
+            if anchor:
+                row(seed, "anchor (BEST-RQ's labels)", anchor, anchor["streams"]["anchor"])
+            seen = set()
+            for point in D.as_list(probe.get("birq") or []):
+                if "enhanced" in point.get("streams", {}) and point.get("num_updates") not in seen:
+                    seen.add(point.get("num_updates"))
+                    row(seed, "BiRQ enhanced", point, point["streams"]["enhanced"])
         add("")
         add(f"![probe]({rel_plots}/probe.png)\n")
 
@@ -265,23 +276,29 @@ def write_results_md(args, preset, out: Path, seed_runs, ablation_runs, corpus, 
     add(f"![pretraining curves]({rel_plots}/pretraining_curves.png)\n")
 
     if ablation_runs:
-        add("## BiRQ ablations (seed %d, same pretraining budget)\n" % next(iter(seed_runs)))
-        add("| run | change | enhanced code ppl (first → min → last) | enhanced acc | anchor acc | "
-            "WER seen | WER unseen | CER seen | CER unseen |")
-        add("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         first_seed = next(iter(seed_runs))
+        add("## BiRQ ablations (seed %d, same pretraining budget and finetuning recipe)\n" % first_seed)
+        add("Enhanced PNMI − chance: the probe (as above) on the final pretraining checkpoint, aligned by seed "
+            f"{first_seed}'s topline. CER on valid is what a choice would be made on.\n")
+        add("| run | change | enhanced code ppl (first → min → last) | enhanced acc | anchor acc | "
+            "enhanced PNMI − chance | valid CER | CER seen | CER unseen | WER seen | WER unseen |")
+        add("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         base = seed_runs[first_seed]
-        rows = [("BiRQ (reference)", "as above", base["diagnostics"].get("birq") or {}, base["results"].get("birq"))]
-        rows += [(name, ABLATIONS[name][0], run["diagnostics"].get("birq") or {}, run["results"].get("birq"))
+        rows = [("BiRQ (reference)", "the paper's settings, as above", base)]
+        rows += [(name, ABLATIONS[name][0] if name in ABLATIONS else run.get("description", ""), run)
                  for name, run in ablation_runs.items()]
-        for name, desc, d, r in rows:
+        for name, desc, run in rows:
+            d, r = run["diagnostics"].get("birq") or {}, run["results"].get("birq")
             t = d.get("train", {})
             enh = (f"{fmt(d.get('enhanced_code_ppl_first'))} → {fmt(d.get('enhanced_code_ppl_min'))} → "
                    f"{fmt(t.get('enhanced_code_ppl'))}")
+            series = (run.get("probe") or {}).get("birq") or []
+            final = D.as_list(series)[-1]["streams"].get("enhanced") if series else None
+            pnmi = f"{final['pnmi'] - final['pnmi_chance']:.3f}" if final else "–"
             w = (lambda test, m: f"{r[test][m]:.1f}" if r and test in r else "–")
-            add(f"| {name} | {desc} | {enh} | {fmt(t.get('enhanced_acc'))} | {fmt(t.get('anchor_acc'))} | "
-                f"{w('test_seen', 'wer')} | {w('test_unseen', 'wer')} | {w('test_seen', 'cer')} | "
-                f"{w('test_unseen', 'cer')} |")
+            add(f"| {name} | {desc} | {enh} | {fmt(t.get('enhanced_acc'))} | {fmt(t.get('anchor_acc'))} | {pnmi} | "
+                f"{w('valid', 'cer')} | {w('test_seen', 'cer')} | {w('test_unseen', 'cer')} | "
+                f"{w('test_seen', 'wer')} | {w('test_unseen', 'wer')} |")
         add("")
         add(f"![ablation curves]({rel_plots}/ablation_curves.png)\n")
 
@@ -379,13 +396,15 @@ def main(argv=None) -> int:
         for name in ([] if args.report_only else args.ablations):
             extra = ablation_overrides(name, preset)
             pipe = D.Pipeline(out / "ablations" / name, preset, corpus_dir, preset["corpus"], seed=first, clock=clock,
-                              threads=args.threads, birq_overrides=extra, systems=["birq"])
+                              threads=args.threads, birq_overrides=extra, systems=["birq"],
+                              aligner=out / f"seed{first}" / "finetune" / "topline" / "checkpoint_last.pt")
             D.banner(clock, f"ablation {name}: {ABLATIONS[name][0]}")
             summary = pipe.run(pretrain_only=args.ablation_pretrain_only)
             run = dict(common_fields(summary), seed=first, description=ABLATIONS[name][0], overrides=extra,
                        results=summary["results"], timings=summary["timings"],
                        diagnostics={"birq": final_diagnostics(pipe.out / "pretrain" / "birq" / "train.log")},
-                       logs=compact_logs(pipe.pretrain_logs()), commands=stage_commands(pipe))
+                       logs=compact_logs(pipe.pretrain_logs()), commands=stage_commands(pipe),
+                       probe=summary.get("probe"))
             print(f"   wrote {save_summary(args.preset, f'ablation_{name}', run)} (commit it)", flush=True)
     except D.StageFailed as e:
         print(f"\nrun_results: {e}\nrun_results: rerun the same command to resume.", file=sys.stderr)
