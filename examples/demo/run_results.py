@@ -342,12 +342,23 @@ def write_results_md(args, preset, out: Path, seed_runs, ablation_runs, corpus, 
         add(f"| {name} | **total** | **{total_w:.0f}** | **{total_c:.0f}** |")
     add("")
     add("## Exact commands\n")
+    add("Regenerate a seed (from a clean clone: builds the corpus, ~30-80 min on 2 cores; resumable) and the report "
+        "from the committed seeds:\n")
+    add("```")
+    add(f"make results SEEDS=1            # = .venv/bin/python examples/demo/run_results.py --preset {args.preset} "
+        "--seeds 1 --out demo_runs/results")
+    add(f"make results SEEDS=1 ABLATIONS='{' '.join(ablation_runs) or 'stopgrad'}'   # + BiRQ ablations on seed 1")
+    add("make results-report             # RESULTS.md from examples/demo/results/runs/regime/*.json only")
+    add(".venv/bin/python examples/demo/regime_grid.py --runs <name>...   # a grid run; --list names them, "
+        "--report writes grid.md")
+    add("```\n")
     add("This report was written by:\n")
     add("```")
     add(" ".join(shlex.quote(a) for a in [".venv/bin/python", "examples/demo/run_results.py"] + sys.argv[1:]))
     add("```\n")
-    add("Each stage's fairseq command (seed %d; other seeds differ only in `common.seed` and directories):\n"
-        % next(iter(seed_runs)))
+    add("Each stage's fairseq command as recorded in the summary of seed %d (other seeds differ only in "
+        "`common.seed` and directories; absolute paths are where that run's data and run directories were):\n"
+        % max(seed_runs))
     add("```")
     for c in commands:
         add(c.replace(str(D.REPO) + "/", ""))
