@@ -285,7 +285,8 @@ def write_results_md(args, preset, out: Path, seed_runs, ablation_runs, corpus, 
         add("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         base = seed_runs[first_seed]
         rows = [("BiRQ (reference)", "the paper's settings, as above", base)]
-        rows += [(name, ABLATIONS[name][0] if name in ABLATIONS else run.get("description", ""), run)
+        rows += [(name, (ABLATIONS[name][0] if name in ABLATIONS else run.get("description", ""))
+                  + (f" (seed {run['seed']})" if run.get("seed", first_seed) != first_seed else ""), run)
                  for name, run in ablation_runs.items()]
         for name, desc, run in rows:
             d, r = run["diagnostics"].get("birq") or {}, run["results"].get("birq")
@@ -404,9 +405,12 @@ def main(argv=None) -> int:
                        probe=summary.get("probe"))
             print(f"   wrote {save_summary(args.preset, f'seed{seed}', run)} (commit it)", flush=True)
         first = args.seeds[0]
+        # ablations run on the first seed given; seeds other than 1 (to check an ablation's
+        # finding) get their own run directory and summary, "<name>_seed<N>"
         for name in ([] if args.report_only else args.ablations):
             extra = ablation_overrides(name, preset)
-            pipe = D.Pipeline(out / "ablations" / name, preset, corpus_dir, preset["corpus"], seed=first, clock=clock,
+            key = name if first == 1 else f"{name}_seed{first}"
+            pipe = D.Pipeline(out / "ablations" / key, preset, corpus_dir, preset["corpus"], seed=first, clock=clock,
                               threads=args.threads, birq_overrides=extra, systems=["birq"],
                               aligner=out / f"seed{first}" / "finetune" / "topline" / "checkpoint_last.pt")
             D.banner(clock, f"ablation {name}: {ABLATIONS[name][0]}")
@@ -416,7 +420,7 @@ def main(argv=None) -> int:
                        diagnostics={"birq": final_diagnostics(pipe.out / "pretrain" / "birq" / "train.log")},
                        logs=compact_logs(pipe.pretrain_logs()), commands=stage_commands(pipe),
                        probe=summary.get("probe"))
-            print(f"   wrote {save_summary(args.preset, f'ablation_{name}', run)} (commit it)", flush=True)
+            print(f"   wrote {save_summary(args.preset, f'ablation_{key}', run)} (commit it)", flush=True)
     except D.StageFailed as e:
         print(f"\nrun_results: {e}\nrun_results: rerun the same command to resume.", file=sys.stderr)
         return 1
