@@ -278,8 +278,8 @@ def write_results_md(args, preset, out: Path, seed_runs, ablation_runs, corpus, 
     if ablation_runs:
         first_seed = next(iter(seed_runs))
         add("## BiRQ ablations (seed %d, same pretraining budget and finetuning recipe)\n" % first_seed)
-        add("Enhanced PNMI − chance: the probe (as above) on the final pretraining checkpoint, aligned by seed "
-            f"{first_seed}'s topline. CER on valid is what a choice would be made on.\n")
+        add("Enhanced PNMI − chance: the probe (as above) on the final pretraining checkpoint, aligned by the "
+            "supervised topline of the run's seed. CER on valid is what a choice would be made on.\n")
         add("| run | change | enhanced code ppl (first → min → last) | enhanced acc | anchor acc | "
             "enhanced PNMI − chance | valid CER | CER seen | CER unseen | WER seen | WER unseen |")
         add("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
