@@ -443,14 +443,17 @@ def plot_pretraining(logs: Dict[str, Dict[str, List[dict]]], out_png: Path, titl
     panels = [("anchor_acc", "anchor stream: masked accuracy"), ("enhanced_acc", "enhanced stream: masked accuracy"),
               ("anchor_code_ppl", "anchor stream: code perplexity"),
               ("enhanced_code_ppl", "enhanced stream: code perplexity (→1 = collapse)")]
+    # one colour per run (the default cycle repeats after 10 runs)
+    palette = plt.get_cmap("tab10" if len(logs) <= 10 else "tab20")
+    colours = {name: palette(i % palette.N) for i, name in enumerate(logs)}
     for ax, (key, label) in zip(axes.flat, panels):
         for name, parsed in logs.items():
             xs, ys = curve(parsed["train"], key)
             if xs:
-                ax.plot(xs, ys, label=name)
+                ax.plot(xs, ys, label=name, color=colours[name])
             vx, vy = curve(parsed["valid"], key)
             if vx:
-                ax.plot(vx, vy, "o", ms=3, color=ax.lines[-1].get_color() if xs else None)
+                ax.plot(vx, vy, "o", ms=3, color=colours[name])
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
         if key == "enhanced_code_ppl":  # spans ~1..V: log scale shows the collapse
