@@ -240,16 +240,12 @@ def require_birq_pretraining(path: str, state: dict) -> None:
 
 def check_pretrained_paths(paths: Sequence[str]) -> None:
     """Fail on a missing or wrong checkpoint before any work (reads configs only: tensors are mmapped)."""
-    import zipfile
+    from birq_fairseq.checkpoints import torch_open  # safe loading that also reads finetuned checkpoints
 
-    from birq_fairseq.safe_globals import allow_fairseq_checkpoint_globals
-
-    allow_fairseq_checkpoint_globals()  # a finetuned checkpoint passed by mistake gets the message below
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"pretraining checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", mmap=zipfile.is_zipfile(path), weights_only=True)
-        require_birq_pretraining(path, state)
+        require_birq_pretraining(path, torch_open(path))
 
 
 def load_pretrained_birq(path: str):

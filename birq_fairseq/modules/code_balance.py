@@ -11,6 +11,8 @@ straight-through gradient into layers 1..k is the one of the plain method.
   ``logits + offset`` equal to it.
 """
 
+import math
+
 import torch
 import torch.distributed as dist
 
@@ -44,14 +46,13 @@ class LogitCentering(FullPrecisionModule):
         stats = torch.cat([logits.float().sum(0).flatten(), logits.new_tensor([logits.size(0)], dtype=torch.float)])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stats)
-        if stats[-1] <= 0:
-            return
-        mean = (stats[:-1] / stats[-1]).view_as(self.center)
-        if not bool(self.initialised):
-            self.center.copy_(mean)
-            self.initialised.fill_(True)
-        else:
-            self.center.mul_(self.momentum).add_((1 - self.momentum) * mean)
+        # torch.where instead of Python branches: no host sync per step. The first batch
+        # sets the centre; a batch without frames (on every rank) leaves it as it is.
+        frames = stats[-1]
+        mean = (stats[:-1] / frames.clamp(min=1)).view_as(self.center)
+        updated = torch.where(self.initialised, self.center * self.momentum + (1 - self.momentum) * mean, mean)
+        self.center.copy_(torch.where(frames > 0, updated, self.center))
+        self.initialised.logical_or_(frames > 0)
 
 
 @torch.no_grad()
@@ -66,7 +67,7 @@ def sinkhorn_offset(logits: torch.Tensor, iterations: int) -> torch.Tensor:
     frames, codes = log_q.size(1), log_q.size(2)
     log_q = log_q - log_q.logsumexp(dim=(1, 2), keepdim=True)
     for _ in range(iterations):
-        log_q = log_q - log_q.logsumexp(dim=1, keepdim=True) - torch.log(torch.tensor(float(codes)))
-        log_q = log_q - log_q.logsumexp(dim=2, keepdim=True) - torch.log(torch.tensor(float(frames)))
+        log_q = log_q - log_q.logsumexp(dim=1, keepdim=True) - math.log(codes)
+        log_q = log_q - log_q.logsumexp(dim=2, keepdim=True) - math.log(frames)
     log_q = log_q - log_q.logsumexp(dim=2, keepdim=True)  # each frame a distribution
     return (log_q.transpose(0, 1) - logits.float().log_softmax(-1)).to(logits.dtype)

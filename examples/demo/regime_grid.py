@@ -194,18 +194,16 @@ def anchor_marginal_bits(checkpoint: Path, manifest: Path, utterances: int = 100
     import soundfile as sf
     import torch
 
-    import birq_fairseq  # noqa: F401  (registers the task and model)
-    from fairseq import checkpoint_utils
+    from birq_fairseq.probe import frame_codes, load_pretrained_birq
 
-    model = checkpoint_utils.load_model_ensemble([str(checkpoint)])[0][0].eval()
+    model, _ = load_pretrained_birq(str(checkpoint))
     lines = manifest.read_text().splitlines()
     labels = []
     with torch.no_grad():
         for line in lines[1: utterances + 1]:
             wav, _ = sf.read(Path(lines[0]) / line.split("\t")[0], dtype="float32")
-            feats, _ = model.frontend(torch.from_numpy(wav)[None], None)
-            steps = feats.size(1) // 4
-            labels.append(model.anchor_quantizer(feats[:, : steps * 4].reshape(1, steps, -1)).flatten())
+            codes, _ = frame_codes(model, torch.from_numpy(wav)[None], None)
+            labels.append(codes["anchor"].flatten())
     counts = torch.bincount(torch.cat(labels)).double()
     p = counts[counts > 0] / counts.sum()
     return float(-(p * p.log2()).sum()), float(p.max())
