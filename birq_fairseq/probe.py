@@ -283,6 +283,7 @@ def frame_codes(model, source: torch.Tensor, padding_mask: Optional[torch.Tensor
     enhanced: ``BirqModel.enhanced_code_logits`` of layers 1..k on the unmasked input);
     tests/test_probe.py checks it against ``forward``'s labels on the masked frames.
     """
+    from birq_fairseq.modules.code_balance import sinkhorn_offset
     from birq_fairseq.modules.frontend import FRAMES_PER_STEP
 
     if model.anchor_quantizer is None:
@@ -295,7 +296,13 @@ def frame_codes(model, source: torch.Tensor, padding_mask: Optional[torch.Tensor
     codes = [model.anchor_quantizer(feats.reshape(batch, steps, FRAMES_PER_STEP * n_mels))]  # (B, T', Na)
     if model.enhanced_quantizer is not None:
         h, _ = model.run_encoder(model.encoder_input(feats), step_padding, model.enhanced_layer - 1)
-        codes.append(model.enhanced_code_logits(h).argmax(-1))  # (B, T', Ne); eval mode: no centre update
+        logits = model.enhanced_code_logits(model.enhanced_features(h, step_padding))  # eval: no centre update
+        if model.cfg.enhanced_sinkhorn_iters > 0:
+            # training balances the batch's (masked) frames before the selection: balance these
+            # utterances' unpadded frames the same way, so the codes are the ones trained on
+            valid = ~step_padding
+            logits[valid] = logits[valid] + sinkhorn_offset(logits[valid], model.cfg.enhanced_sinkhorn_iters)
+        codes.append(logits.argmax(-1))  # (B, T', Ne)
     codes = torch.cat(codes, dim=-1)
     return dict(zip(stream_names(model), codes.unbind(-1))), lengths
 

@@ -9,16 +9,20 @@ defaults are the paper's: w1 = 0.1, gamma = w2 / w1 = 24 (w2 = 2.4). With the mo
 enhanced stream off the loss is exactly L_a: BEST-RQ.
 """
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+logger = logging.getLogger(__name__)
 
 STREAM_CHOICES = ChoiceEnum(["enhanced", "anchor"])
 
@@ -43,6 +47,19 @@ class BirqCriterionConfig(FairseqDataclass):
     baseline_ema_decay: float = field(
         default=0.99, metadata={"help": "EMA decay of the lower-level loss whose running minimum is v^"}
     )
+    enhanced_start_updates: int = field(
+        default=0,
+        metadata={"help": "warm-up of the upper level: its loss weight is 0 before this update (the update is "
+                  "then BEST-RQ's, scaled by w2), w1 from it on; not in the paper (0 = from the start)"},
+    )
+    collapse_warn_ratio: float = field(
+        default=0.2,
+        metadata={"help": "collapse guard: warn once when the enhanced code perplexity stays below this "
+                  "fraction of the anchor's for collapse_warn_windows windows of collapse_window_updates "
+                  "updates (0 = off)"},
+    )
+    collapse_window_updates: int = field(default=100, metadata={"help": "updates per collapse-guard window"})
+    collapse_warn_windows: int = field(default=3, metadata={"help": "consecutive low windows before the warning"})
     diversity_weight: float = field(
         default=0.0,
         metadata={"help": "weight of wav2vec 2.0's codebook-diversity penalty (V - perplexity) / V on the "
@@ -61,6 +78,13 @@ def validate_criterion_config(cfg: BirqCriterionConfig) -> None:
         problems.append(f"criterion.gamma_final={cfg.gamma_final} must be >= 0")
     if cfg.gamma_ramp_updates < 0:
         problems.append(f"criterion.gamma_ramp_updates={cfg.gamma_ramp_updates} must be >= 0")
+    if cfg.enhanced_start_updates < 0:
+        problems.append(f"criterion.enhanced_start_updates={cfg.enhanced_start_updates} must be >= 0")
+    if cfg.collapse_warn_ratio < 0:
+        problems.append(f"criterion.collapse_warn_ratio={cfg.collapse_warn_ratio} must be >= 0 (0 = off)")
+    if cfg.collapse_window_updates < 1 or cfg.collapse_warn_windows < 1:
+        problems.append(f"criterion.collapse_window_updates={cfg.collapse_window_updates} and "
+                        f"criterion.collapse_warn_windows={cfg.collapse_warn_windows} must be >= 1")
     if cfg.diversity_weight < 0:
         problems.append(f"criterion.diversity_weight={cfg.diversity_weight} must be >= 0")
     if not 0 <= cfg.baseline_ema_decay < 1:
@@ -82,6 +106,61 @@ def code_perplexity(labels: torch.Tensor, codebook_size: int) -> float:
     return float(torch.exp(entropy).mean())
 
 
+class CollapseGuard:
+    """Warns once when the enhanced labels collapse: their code perplexity stays below
+    ``ratio`` times the anchor's for ``windows`` consecutive windows of ``window_updates`` updates.
+
+    ``observe(num_updates, enhanced_ppl, anchor_ppl)`` is fed every training batch's label
+    perplexities (the criterion computes them anyway); a window's ratio is that of its mean
+    perplexities. Returns the warning line when it is logged, else None. After a warning it
+    stays silent until the ratio recovers above the threshold, so the log gets one line per
+    collapse, never one per step.
+    """
+
+    SWITCHES = ("model.enhanced_selection=argmax model.enhanced_sinkhorn_iters=3 (balanced labels), "
+                "model.enhanced_label_grad=false (stop-gradient), model.similarity_temp, "
+                "criterion.enhanced_start_updates")
+
+    def __init__(self, ratio: float, window_updates: int, windows: int):
+        self.ratio, self.window_updates, self.windows = ratio, window_updates, windows
+        self.window = None  # index of the window being summed
+        self.sums = [0.0, 0.0, 0]  # enhanced ppl, anchor ppl, batches
+        self.low_windows = 0
+        self.warned = False
+
+    def observe(self, num_updates: int, enhanced_ppl: float, anchor_ppl: float):
+        if self.ratio <= 0:
+            return None
+        window = num_updates // self.window_updates
+        message = None
+        if self.window is not None and window != self.window and self.sums[2] > 0:
+            message = self._close_window(num_updates)
+        if window != self.window:
+            self.window, self.sums = window, [0.0, 0.0, 0]
+        self.sums[0] += enhanced_ppl
+        self.sums[1] += anchor_ppl
+        self.sums[2] += 1
+        return message
+
+    def _close_window(self, num_updates: int):
+        enhanced, anchor = self.sums[0] / self.sums[2], self.sums[1] / self.sums[2]
+        if enhanced >= self.ratio * anchor:
+            self.low_windows, self.warned = 0, False
+            return None
+        self.low_windows += 1
+        if self.low_windows < self.windows or self.warned:
+            return None
+        self.warned = True
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return None  # one line per run, not one per rank
+        message = (f"enhanced labels collapsed: by update {num_updates} their code perplexity has stayed below "
+                   f"{self.ratio:g} x the anchor's for {self.low_windows * self.window_updates} updates "
+                   f"(last window {enhanced:.1f} vs {anchor:.1f}); the enhanced stream now carries little "
+                   f"beyond BEST-RQ. Switches to try: {self.SWITCHES}")
+        logger.warning(message)
+        return message
+
+
 @register_criterion("birq", dataclass=BirqCriterionConfig)
 class BirqCriterion(FairseqCriterion):
     def __init__(self, cfg: BirqCriterionConfig, task):
@@ -89,6 +168,8 @@ class BirqCriterion(FairseqCriterion):
         validate_criterion_config(cfg)
         self.cfg = cfg
         self.sample_rate = getattr(task.cfg, "sample_rate", 16000)
+        self.collapse_guard = CollapseGuard(cfg.collapse_warn_ratio, cfg.collapse_window_updates,
+                                            cfg.collapse_warn_windows)
 
     def gamma_at(self, num_updates: int) -> float:
         if self.cfg.gamma_final is None or self.cfg.gamma_ramp_updates <= 0:
@@ -144,18 +225,22 @@ class BirqCriterion(FairseqCriterion):
             lower_value = logging_output["anchor_loss"] if lower is anchor_sum else enhanced_value
             gamma = self.gamma_at(model.num_updates)
             baseline = self._lower_loss_baseline(model, lower_value, frames)
-            loss = self.cfg.upper_weight * (upper + gamma * (lower - baseline * frames))
+            upper_on = float(model.num_updates >= self.cfg.enhanced_start_updates)  # warm-up: lower level only
+            loss = self.cfg.upper_weight * (upper_on * upper + gamma * (lower - baseline * frames))
             if self.cfg.diversity_weight > 0:
                 probs = net_output["enhanced_code_logits"].softmax(-1).mean(0)  # (Ne, Ve)
                 perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-9))).sum(-1)).mean()
                 diversity = (probs.size(-1) - perplexity) / probs.size(-1)
                 loss = loss + self.cfg.diversity_weight * diversity * frames
                 logging_output["enhanced_diversity"] = float(diversity.detach()) * frames
+            enhanced_ppl = code_perplexity(target_labels, enhanced_logits.size(-1))
+            if model.training:
+                self.collapse_guard.observe(model.num_updates, enhanced_ppl, logging_output["anchor_code_ppl"])
             logging_output.update(
                 enhanced_loss=enhanced_value,
                 enhanced_correct=int((enhanced_logits.argmax(-1) == target_labels).sum()),
                 enhanced_count=target_labels.numel(),
-                enhanced_code_ppl=code_perplexity(target_labels, enhanced_logits.size(-1)),
+                enhanced_code_ppl=enhanced_ppl,
                 penalty_gap=lower_value - baseline * frames,
                 gamma=gamma,
                 gumbel_temp=model.gumbel_temperature,

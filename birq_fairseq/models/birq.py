@@ -39,6 +39,10 @@ from ..modules.quantizer import RandomProjectionQuantizer
 logger = logging.getLogger(__name__)
 
 FEATURE_NORMALIZATION_CHOICES = ChoiceEnum(["utterance", "global"])
+# How z^(k) is normalised before the enhanced quantizer (the paper says "normalised", not how).
+ENHANCED_FEATURE_NORM_CHOICES = ChoiceEnum(["layer", "instance"])
+# Which one-hot the enhanced labels are in the forward pass; both carry the Gumbel-softmax gradient.
+ENHANCED_SELECTION_CHOICES = ChoiceEnum(["gumbel", "argmax"])
 
 
 @dataclass
@@ -149,6 +153,18 @@ class BirqConfig(FairseqDataclass):
                   "their activations: the same loss and gradients, less memory, one more forward of k layers"},
     )
     similarity_temp: float = field(default=0.1, metadata={"help": "tau_c: cosine-similarity temperature"})
+    enhanced_feature_norm: ENHANCED_FEATURE_NORM_CHOICES = field(
+        default="layer",
+        metadata={"help": "normalisation of z^(k) before the enhanced quantizer: 'layer' = per frame over "
+                  "channels; 'instance' = per utterance and channel over its unpadded frames (data2vec's and "
+                  "DinoSR's targets: removes the direction all frames share)"},
+    )
+    enhanced_selection: ENHANCED_SELECTION_CHOICES = field(
+        default="gumbel",
+        metadata={"help": "forward one-hot of the enhanced labels: 'gumbel' = a hard Gumbel-softmax sample "
+                  "(the paper's selection); 'argmax' = the most likely code, with the same Gumbel-softmax "
+                  "gradient backward (straight-through): no sampling noise in the labels"},
+    )
     # Anti-collapse options beyond the paper (off by default; see modules/code_balance.py).
     enhanced_centering: float = field(
         default=0.0,
@@ -244,6 +260,9 @@ def validate_config(cfg: BirqConfig) -> None:
         need(0.0 <= value <= 1.0, f"model.{name}={value} must be in [0, 1]")
     need(cfg.similarity_temp > 0, f"model.similarity_temp={cfg.similarity_temp} must be > 0")
     need(0 <= cfg.enhanced_centering < 1, f"model.enhanced_centering={cfg.enhanced_centering} must be in [0, 1)")
+    need(cfg.enhanced_selection == "gumbel" or cfg.enhanced_hard_targets,
+         "model.enhanced_selection=argmax needs model.enhanced_hard_targets=true: soft targets are the "
+         "whole Gumbel-softmax distribution, there is no one-hot to select")
     need(cfg.enhanced_sinkhorn_iters >= 0,
          f"model.enhanced_sinkhorn_iters={cfg.enhanced_sinkhorn_iters} must be >= 0")
     start, end, decay = cfg.gumbel_temp
@@ -438,18 +457,40 @@ class BirqModel(BaseFairseqModel):
             x = self.encoder.layer_norm(x)
         return x, layer_results
 
-    def enhanced_code_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """(..., D) output of layer k -> (..., Ne, Ve) fp32 logits the enhanced labels are drawn
-        from: per-frame layer norm, cosine to the frozen codebook / tau_c, minus the running
-        centre when model.enhanced_centering is on (updated in training only)."""
-        h = F.layer_norm(h.float(), (h.size(-1),))
-        logits = self.enhanced_quantizer.similarity(h) / self.cfg.similarity_temp
+    def enhanced_features(self, h: torch.Tensor, step_padding: torch.Tensor) -> torch.Tensor:
+        """(B, T', D) output of layer k, (B, T') padding -> (B, T', D) fp32 z^(k), normalised as
+        model.enhanced_feature_norm says: per frame (layer) or per utterance over time (instance)."""
+        h = h.float()
+        if self.cfg.enhanced_feature_norm == "instance":
+            valid = (~step_padding).unsqueeze(-1).to(h.dtype)  # (B, T', 1)
+            frames = valid.sum(1, keepdim=True).clamp(min=1.0)
+            mean = (h * valid).sum(1, keepdim=True) / frames
+            var = ((h - mean).square() * valid).sum(1, keepdim=True) / frames
+            return (h - mean) * torch.rsqrt(var + 1e-5)
+        return F.layer_norm(h, (h.size(-1),))
+
+    def enhanced_code_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., D) normalised z^(k) (``enhanced_features``) -> (..., Ne, Ve) fp32 logits the enhanced
+        labels are drawn from: cosine to the frozen codebook / tau_c, minus the running centre when
+        model.enhanced_centering is on (updated in training only)."""
+        logits = self.enhanced_quantizer.similarity(z.float()) / self.cfg.similarity_temp
         if self.enhanced_centering is not None:
             logits = self.enhanced_centering(logits)
         return logits
 
+    def select_enhanced_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """(M, Ne, Ve) fp32 code logits -> (M, Ne, Ve) targets: one-hots in the forward pass (a
+        Gumbel sample, or the argmax with model.enhanced_selection=argmax) whose backward is the
+        Gumbel-softmax gradient at tau_g; or the soft sample (model.enhanced_hard_targets=false)."""
+        tau = self.gumbel_temperature
+        if self.cfg.enhanced_selection == "argmax":
+            soft = F.gumbel_softmax(logits, tau=tau, hard=False)
+            hard = F.one_hot(logits.argmax(-1), logits.size(-1)).to(soft.dtype)
+            return hard - soft.detach() + soft
+        return F.gumbel_softmax(logits, tau=tau, hard=self.cfg.enhanced_hard_targets)
+
     def enhanced_targets(self, feats, step_padding, loss_frames, embedded=None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Label generator: layers 1..k on the unmasked input -> straight-through one-hots.
+        """Label generator: layers 1..k on the unmasked input -> z^(k) -> code logits -> one-hots.
 
         ``embedded``: the unmasked ``embed(feats)`` when the main pass shares it
         (mask_after_subsampling); otherwise the generator runs its own subsampling.
@@ -474,12 +515,11 @@ class BirqModel(BaseFairseqModel):
                 h = torch.utils.checkpoint.checkpoint(layers_1_to_k, inputs, use_reentrant=False)
             else:
                 h = layers_1_to_k(inputs)
-            logits = self.enhanced_code_logits(h[loss_frames])
+            logits = self.enhanced_code_logits(self.enhanced_features(h, step_padding)[loss_frames])
             if self.cfg.enhanced_sinkhorn_iters > 0 and self.training:
                 logits = logits + sinkhorn_offset(logits, self.cfg.enhanced_sinkhorn_iters)
             with torch.autocast(device_type=logits.device.type, enabled=False):
-                targets = F.gumbel_softmax(logits, tau=self.gumbel_temperature, hard=self.cfg.enhanced_hard_targets)
-                return targets, logits
+                return self.select_enhanced_labels(logits), logits
 
     # ----------------------------------------------------------------- forward
     def forward(

@@ -654,7 +654,7 @@ class Pipeline:
             f"common.log_interval={p['log_interval']}", f"common.seed={self.seed}",
             f"optimization.max_update={updates}", f"dataset.max_tokens={p.get('pretrain_max_tokens', p['max_tokens'])}",
             f"dataset.validate_interval_updates={max(updates // 2, 1)}",
-            f"checkpoint.save_interval_updates={max(updates // 4, 5)}",
+            f"checkpoint.save_interval_updates={p.get('save_interval_updates', max(updates // 4, 5))}",
             f"lr_scheduler.warmup_updates={max(updates // 10, 1)}",
         ] + (["checkpoint.keep_interval_updates=-1"] if p.get("probe") else []) + [
             "common.cpu=true", "dataset.num_workers=0",

@@ -1,0 +1,243 @@
+#!/usr/bin/env python
+"""Does BiRQ's enhanced label stream stay healthy over long pretraining? (issue "BiRQ's
+enhanced labels must refine, not collapse")
+
+    .venv/bin/python examples/demo/label_health.py --list
+    .venv/bin/python examples/demo/label_health.py --runs argmax_sinkhorn:1 argmax_sinkhorn:2 ...
+    .venv/bin/python examples/demo/label_health.py --report     # summaries -> label_health/health.md + plot
+
+Each run is a label-generator variant (VARIANTS: BiRQ overrides on tiny_birq.yaml) and a
+seed, pretrained on the demo's default corpus with the demo's own stages
+(``demo_lib.Pipeline``: same override builder, resumable stages, 8 s batches, one thread)
+for --updates updates (30 k by default: 10x the regime's), checkpoints kept every 2500
+updates. The label-quality probe (``birq-fairseq probe``) then scores every kept checkpoint
+on the *valid* split against characters force-aligned by a supervised CTC model trained on
+the corpus's 300 labelled utterances from the seeded initialisation (the "aligner" stage,
+shared by all runs). Choices are made on valid only.
+
+A finished run writes examples/demo/label_health/<variant>_seed<N>.json (committed): the
+training curves of both streams at every log interval, the probe over training, and the
+health verdict (``health``):
+  - enhanced code perplexity >= half the anchor's at every logged interval,
+  - enhanced masked-prediction accuracy well above chance (>= 10 x 1/V over the last 10 %),
+  - enhanced PNMI - chance above the anchor's at the end, and rising (last > first trained
+    checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import demo_lib as D  # noqa: E402
+
+SUMMARY_DIR = D.REPO / "examples" / "demo" / "label_health"
+CORPUS_PRESET = "default"
+PROBE_SPLIT = "valid"
+
+# Label-generator variants: BiRQ overrides on tiny_birq.yaml (the paper's w1, w2, tau_g = 0.5,
+# k = round(0.7 L), label gradient on unless said). Where each idea comes from: docs/method.md.
+BALANCED = ["+model.enhanced_selection=argmax", "+model.enhanced_sinkhorn_iters=3"]
+VARIANTS: "OrderedDict[str, List[str]]" = OrderedDict([
+    # the paper's settings as the defaults had them: cosine / 0.1 logits, hard Gumbel sample
+    ("literal", []),
+    # the lead: argmax forward on Sinkhorn-balanced logits, Gumbel-softmax gradient backward
+    ("argmax_sinkhorn", BALANCED),
+    # ... with z^(k) instance-normed over time per utterance (data2vec, DinoSR)
+    ("argmax_sinkhorn_instance", BALANCED + ["+model.enhanced_feature_norm=instance"]),
+    # ... with BEST-RQ's 8192-entry codebooks for both streams
+    ("argmax_sinkhorn_8192", BALANCED + ["model.enhanced_codebook_size=8192", "model.anchor_codebook_size=8192"]),
+    # the paper's selection (Gumbel sample) with a softer cosine logit, between 0.1 (collapse) and 0.5 (noise)
+    ("cos02", ["+model.similarity_temp=0.2"]),
+    # instance norm alone, Gumbel sample at tau_c = 0.2
+    ("instance_cos02", ["+model.enhanced_feature_norm=instance", "+model.similarity_temp=0.2"]),
+    # the paper's lr 1e-4 (fairseq's Adam = AdamW), the upper level switched on after the lr warm-up
+    ("lr1e4_warmup", ["optimization.lr=[0.0001]", "+criterion.enhanced_start_updates={WARMUP}"]),
+    # the baseline the label gradient is measured against
+    ("stopgrad", ["+model.enhanced_label_grad=false"]),
+])
+
+
+def parse_run(text: str):
+    name, _, seed = text.partition(":")
+    if name not in VARIANTS or not seed.isdigit():
+        raise ValueError(f"run {text!r}: expected VARIANT:SEED with VARIANT in {list(VARIANTS)}")
+    return name, int(seed)
+
+
+def preset(updates: int) -> dict:
+    return dict(corpus=CORPUS_PRESET, pretrain_updates=updates, finetune_updates=2000, max_tokens=128000,
+                log_interval=100, model=D.MODEL_SMALL, probe=True, save_interval_updates=max(updates // 12, 5),
+                finetune_overrides=D.FT_FAST, topline=True)
+
+
+def corpus_dir() -> Path:
+    return D.REPO / "data" / f"tts_{CORPUS_PRESET}"
+
+
+def aligner(out: Path, updates: int, threads: int) -> Path:
+    """Supervised CTC on all labelled utterances from the seeded init (the probe's aligner)."""
+    pipe = D.Pipeline(out / "aligner", preset(updates), corpus_dir(), CORPUS_PRESET, seed=1, threads=threads,
+                      systems=("none",))
+    pipe.corpus()
+    return pipe.finetune("topline", pipe.pretrain("none"))
+
+
+def variant_overrides(name: str, updates: int) -> List[str]:
+    return [o.replace("{WARMUP}", str(max(updates // 10, 1))) for o in VARIANTS[name]]
+
+
+def run(out: Path, name: str, seed: int, updates: int, threads: int) -> dict:
+    align = aligner(out, updates, threads)
+    pipe = D.Pipeline(out / f"{name}_seed{seed}", preset(updates), corpus_dir(), CORPUS_PRESET, seed=seed,
+                      threads=threads, birq_overrides=variant_overrides(name, updates), systems=("none", "birq"),
+                      aligner=align)
+    pipe.pretrain("none")  # update 0 of the probe curve: the same seeded initialisation
+    pipe.pretrain("birq")
+    probe = pipe.probe(PROBE_SPLIT)["birq"]
+    summary = summarise(name, seed, updates, D.parse_fairseq_log(pipe.out / "pretrain" / "birq" / "train.log"),
+                        probe, pipe.stages.load("pretrain_birq") or {})
+    SUMMARY_DIR.mkdir(parents=True, exist_ok=True)
+    path = SUMMARY_DIR / f"{name}_seed{seed}.json"
+    path.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"-- {name} seed {seed}: healthy={summary['health']['healthy']} -> {path}", flush=True)
+    return summary
+
+
+CURVE_KEYS = ("anchor_loss", "anchor_acc", "anchor_code_ppl", "enhanced_loss", "enhanced_acc", "enhanced_code_ppl",
+              "penalty_gap")
+
+
+def summarise(name: str, seed: int, updates: int, log: Dict[str, List[dict]], probe: List[dict],
+              marker: dict) -> dict:
+    train = [r for r in log["train_inner"] if "num_updates" in r]
+    curves = OrderedDict((k, [r.get(k) for r in train]) for k in ("num_updates",) + CURVE_KEYS)
+    probe_rows = [OrderedDict(
+        num_updates=p.get("num_updates"),
+        **{f"{s}_{m}": p["streams"][s][m] for s in ("anchor", "enhanced") if s in p.get("streams", {})
+           for m in ("pnmi", "pnmi_chance", "char_purity", "code_perplexity")}) for p in probe]
+    return OrderedDict(variant=name, seed=seed, updates=updates, overrides=variant_overrides(name, updates),
+                       corpus=CORPUS_PRESET, probe_split=PROBE_SPLIT, curves=curves, probe=probe_rows,
+                       health=health(curves, probe_rows),
+                       timing={k: marker.get(k) for k in ("wall_seconds", "cpu_seconds")},
+                       date=time.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def health(curves: dict, probe: List[dict], codebook_size: Optional[int] = None) -> dict:
+    """The issue's three measures on one run's curves and probe (see the module doc)."""
+    enh, anc = curves["enhanced_code_ppl"], curves["anchor_code_ppl"]
+    pairs = [(e, a) for e, a in zip(enh, anc) if e is not None and a is not None]
+    min_ratio = min(e / a for e, a in pairs) if pairs else float("nan")
+    acc = [a for a in curves["enhanced_acc"] if a is not None]
+    tail = acc[-max(len(acc) // 10, 1):]
+    tail_acc = sum(tail) / len(tail) if tail else float("nan")
+    ppl_tail = [e for e in enh[-max(len(enh) // 10, 1):] if e is not None]
+    # chance: 1 / V for uniform labels; the labels' own perplexity bounds a marginal-only predictor better
+    chance = 1.0 / (sum(ppl_tail) / len(ppl_tail)) if ppl_tail else float("nan")
+    gain = lambda r, s: r[f"{s}_pnmi"] - r[f"{s}_pnmi_chance"]  # noqa: E731
+    trained = [r for r in probe if r.get("num_updates") and "enhanced_pnmi" in r]
+    end = trained[-1] if trained else None
+    result = OrderedDict(
+        min_ppl_ratio=round(min_ratio, 3), ppl_ok=bool(min_ratio >= 0.5),
+        enhanced_acc_tail=round(tail_acc, 4), acc_chance=round(chance, 4), acc_ok=bool(tail_acc >= 10 * chance),
+    )
+    if end:
+        result.update(enhanced_pnmi_gain_end=round(gain(end, "enhanced"), 4),
+                      anchor_pnmi_gain_end=round(gain(end, "anchor"), 4),
+                      enhanced_pnmi_gain_first=round(gain(trained[0], "enhanced"), 4),
+                      pnmi_above_anchor=bool(gain(end, "enhanced") > gain(end, "anchor")),
+                      pnmi_rising=bool(len(trained) > 1 and gain(end, "enhanced") > gain(trained[0], "enhanced")))
+    result["healthy"] = bool(result["ppl_ok"] and result["acc_ok"] and result.get("pnmi_above_anchor")
+                             and result.get("pnmi_rising"))
+    return result
+
+
+# --------------------------------------------------------------------------- report
+def load_summaries(directory: Path = SUMMARY_DIR) -> List[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(directory).glob("*_seed*.json"))]
+
+
+def report(directory: Path = SUMMARY_DIR) -> str:
+    rows = load_summaries(directory)
+    lines = ["| variant | seed | updates | min enhanced/anchor ppl | enhanced acc (last 10 %) | 10 x chance | "
+             "PNMI - chance: enhanced / anchor (end) | enhanced first -> end | healthy |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"]
+    for r in rows:
+        h = r["health"]
+        pnmi = (f"{h['enhanced_pnmi_gain_end']:.3f} / {h['anchor_pnmi_gain_end']:.3f}"
+                if "enhanced_pnmi_gain_end" in h else "–")
+        rise = (f"{h['enhanced_pnmi_gain_first']:.3f} -> {h['enhanced_pnmi_gain_end']:.3f}"
+                if "enhanced_pnmi_gain_end" in h else "–")
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['updates']} | {h['min_ppl_ratio']:.2f} | "
+                     f"{h['enhanced_acc_tail']:.3f} | {10 * h['acc_chance']:.3f} | {pnmi} | {rise} | "
+                     f"{'yes' if h['healthy'] else 'no'} |")
+    text = "\n".join(lines) + "\n"
+    (Path(directory) / "health.md").write_text(text)
+    if rows:
+        plot(rows, Path(directory) / "health.png")
+    return text
+
+
+def plot(rows: List[dict], out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    variants = list(OrderedDict.fromkeys(r["variant"] for r in rows))
+    for r in rows:
+        c = colours[variants.index(r["variant"]) % len(colours)]
+        label = f"{r['variant']} s{r['seed']}"
+        x = r["curves"]["num_updates"]
+        axes[0].plot(x, r["curves"]["enhanced_code_ppl"], color=c, lw=1, label=label)
+        axes[0].plot(x, r["curves"]["anchor_code_ppl"], color=c, lw=0.6, ls=":")
+        axes[1].plot(x, r["curves"]["enhanced_acc"], color=c, lw=1, label=label)
+        px = [p["num_updates"] for p in r["probe"] if "enhanced_pnmi" in p]
+        axes[2].plot(px, [p["enhanced_pnmi"] - p["enhanced_pnmi_chance"] for p in r["probe"] if "enhanced_pnmi" in p],
+                     color=c, marker="o", ms=3, lw=1, label=label)
+        axes[2].plot(px, [p["anchor_pnmi"] - p["anchor_pnmi_chance"] for p in r["probe"] if "enhanced_pnmi" in p],
+                     color=c, lw=0.6, ls=":")
+    axes[0].set(yscale="log", title="code perplexity per batch (solid enhanced, dotted anchor)", xlabel="update")
+    axes[1].set(yscale="log", title="enhanced masked-prediction accuracy", xlabel="update")
+    axes[2].set(title=f"PNMI - chance on {PROBE_SPLIT} (solid enhanced, dotted anchor)", xlabel="update")
+    axes[2].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="*", default=[], help="VARIANT:SEED runs, in order (resumable)")
+    p.add_argument("--updates", type=int, default=30000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(D.REPO / "results_runs" / "label_health"))
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--report", action="store_true")
+    args = p.parse_args(argv)
+    if args.list:
+        for name in VARIANTS:
+            print(f"{name}: {' '.join(variant_overrides(name, args.updates)) or '(tiny_birq.yaml as it is)'}")
+        return 0
+    try:
+        runs = [parse_run(r) for r in args.runs]
+    except ValueError as e:
+        p.error(str(e))
+    out = Path(args.out).resolve()
+    for name, seed in runs:
+        run(out, name, seed, args.updates, args.threads)
+    if args.report or runs:
+        print(report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
