@@ -53,6 +53,9 @@ VARIANTS: "OrderedDict[str, List[str]]" = OrderedDict([
     ("argmax_sinkhorn_instance", BALANCED + ["+model.enhanced_feature_norm=instance"]),
     # ... with BEST-RQ's 8192-entry codebooks for both streams
     ("argmax_sinkhorn_8192", BALANCED + ["model.enhanced_codebook_size=8192", "model.anchor_codebook_size=8192"]),
+    # ... with one conv-subsampling pass shared by the generator and the main pass (the Conformer
+    # cost lever of examples/benchmarks: masking after the subsampling)
+    ("argmax_sinkhorn_shared", BALANCED + ["+model.mask_after_subsampling=true"]),
     # the paper's selection (Gumbel sample) with a softer cosine logit, between 0.1 (collapse) and 0.5 (noise)
     ("cos02", ["+model.similarity_temp=0.2"]),
     # instance norm alone, Gumbel sample at tau_c = 0.2
