@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples" / "demo"))
 sys.path.insert(0, str(REPO / "tests"))
 
-import demo_lib as D  # noqa: E402
+import pipeline as P  # noqa: E402
+import report as R  # noqa: E402
+import stages as S  # noqa: E402
 
 REAL_LOG = """{'_name': None, 'common': {'_name': None, 'no_progress_bar': False, 'log_interval': 1, 'log_format': 'json'}}
 task: BirqPretrainingTask
@@ -69,7 +71,7 @@ def real_log(tmp_path):
 
 
 def test_parse_real_log_dedupes_and_strips_prefixes(real_log):
-    parsed = D.parse_fairseq_log(real_log)
+    parsed = S.parse_fairseq_log(real_log)
     assert [r["num_updates"] for r in parsed["train"]] == [1, 2, 3, 4, 5]
     assert [r["num_updates"] for r in parsed["valid"]] == [3, 5]
     assert [r["num_updates"] for r in parsed["epoch"]] == [3, 5]
@@ -83,7 +85,7 @@ def test_parse_real_log_dedupes_and_strips_prefixes(real_log):
     assert first["anchor_code_ppl"] == pytest.approx(16.4)
     assert first["enhanced_code_ppl"] == pytest.approx(13.8)
     assert isinstance(first["gumbel_temp"], (int, float))
-    xs, ys = D.curve(parsed["train"], "enhanced_code_ppl")
+    xs, ys = S.curve(parsed["train"], "enhanced_code_ppl")
     assert xs == [1, 2, 3, 4, 5] and len(ys) == 5 and all(y > 1 for y in ys)
     assert parsed["valid"][-1]["gamma"] == 1
 
@@ -91,12 +93,12 @@ def test_parse_real_log_dedupes_and_strips_prefixes(real_log):
 def test_parse_resumed_log_keeps_one_record_per_update(real_log, tmp_path):
     resumed = tmp_path / "resumed.log"
     resumed.write_text(REAL_LOG + "garbage line {not json}\n" + REAL_LOG)
-    parsed = D.parse_fairseq_log(resumed)
+    parsed = S.parse_fairseq_log(resumed)
     assert [r["num_updates"] for r in parsed["train"]] == [1, 2, 3, 4, 5]
 
 
 def test_progress_line_formats_training_and_validation():
-    prog = D.FairseqProgress("pt", 5, D.Clock())
+    prog = S.FairseqProgress("pt", 5, S.Clock())
     lines = [prog(l) for l in REAL_LOG.splitlines()]
     shown = [l for l in lines if l]
     assert any("update 5/5" in l and "enhanced_code_ppl=" in l for l in shown)
@@ -117,7 +119,7 @@ Generate test_seen with beam=5: WER: 40.00
 def test_parse_generate_output(tmp_path):
     path = tmp_path / "generate-test_seen.txt"
     path.write_text(GENERATE)
-    r = D.parse_generate_output(path)
+    r = S.parse_generate_output(path)
     assert r["wer"] == 40.0
     assert r["wer_check"] == pytest.approx(40.0)  # 2 errors / 5 words
     # chars: "HELLO WORLD" (11) vs "HELO": 7 edits; "THE CAT SAT" exact -> 7 / 22
@@ -125,27 +127,27 @@ def test_parse_generate_output(tmp_path):
     assert r["utterances"] == 2 and r["words"] == 5
     path.write_text(GENERATE.rsplit("\n", 2)[0])
     with pytest.raises(ValueError):
-        D.parse_generate_output(path)
+        S.parse_generate_output(path)
 
 
 def test_wer_table_rows_columns_and_seed_statistics():
     single = {"birq": {"test_seen": {"wer": 30.0}, "test_unseen": {"wer": 45.5}},
               "none": {"test_seen": {"wer": 90.0}, "test_unseen": {"wer": 95.0}},
               "bestrq": {"test_seen": {"wer": 35.25}, "test_unseen": {"wer": 50.0}}}
-    table = D.wer_table(single).splitlines()
+    table = R.wer_table(single).splitlines()
     assert [l.split("|")[1].strip() for l in table[2:]] == ["no pretraining", "BEST-RQ", "BiRQ"]
     assert table[4] == "| BiRQ | 30.0 | 45.5 |"
     assert "seen" in table[0] and "unseen" in table[0]
     multi = {"birq": {"test_seen": [{"wer": 10.0}, {"wer": 20.0}], "test_unseen": [{"wer": 30.0}]}}
-    row = D.wer_table(multi).splitlines()[2]
+    row = R.wer_table(multi).splitlines()[2]
     assert "15.0 ± 7.1 (n=2)" in row and "30.0 ± 0.0 (n=1)" in row
-    assert D.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert R.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
 
 
 def test_plots_are_written(real_log, tmp_path):
-    parsed = D.parse_fairseq_log(real_log)
-    D.plot_pretraining({"BiRQ": parsed, "BEST-RQ": parsed}, tmp_path / "curves.png")
-    D.plot_wer_bars({"none": {"test_seen": {"wer": 90.0}, "test_unseen": {"wer": 95.0}},
+    parsed = S.parse_fairseq_log(real_log)
+    R.plot_pretraining({"BiRQ": parsed, "BEST-RQ": parsed}, tmp_path / "curves.png")
+    R.plot_wer_bars({"none": {"test_seen": {"wer": 90.0}, "test_unseen": {"wer": 95.0}},
                      "birq": {"test_seen": [{"wer": 10.0}, {"wer": 20.0}], "test_unseen": [{"wer": 30.0}]}},
                     tmp_path / "wer.png")
     for name in ("curves.png", "wer.png"):
@@ -154,7 +156,7 @@ def test_plots_are_written(real_log, tmp_path):
 
 
 def test_run_stage_skips_finished_and_reruns_changed_or_missing(tmp_path):
-    stages = D.Stages(tmp_path / "stages")
+    stages = S.Stages(tmp_path / "stages")
     out = tmp_path / "ckpt.pt"
     calls = []
 
@@ -163,21 +165,21 @@ def test_run_stage_skips_finished_and_reruns_changed_or_missing(tmp_path):
         out.write_text("x")
         return {"result": {"wer": 1.0}}
 
-    clock = D.Clock()
-    m1 = D.run_stage(stages, "s", "sig1", [out], action, clock, "stage")
-    m2 = D.run_stage(stages, "s", "sig1", [out], action, clock, "stage")
+    clock = S.Clock()
+    m1 = S.run_stage(stages, "s", "sig1", [out], action, clock, "stage")
+    m2 = S.run_stage(stages, "s", "sig1", [out], action, clock, "stage")
     assert len(calls) == 1 and m2["result"] == m1["result"] == {"wer": 1.0}
-    D.run_stage(stages, "s", "sig2", [out], action, clock, "stage")  # settings changed
+    S.run_stage(stages, "s", "sig2", [out], action, clock, "stage")  # settings changed
     assert len(calls) == 2
     out.unlink()  # output deleted
-    D.run_stage(stages, "s", "sig2", [out], action, clock, "stage")
+    S.run_stage(stages, "s", "sig2", [out], action, clock, "stage")
     assert len(calls) == 3
 
     def failing():
-        raise D.StageFailed("boom")
+        raise S.StageFailed("boom")
 
-    with pytest.raises(D.StageFailed):
-        D.run_stage(stages, "f", "sig", [tmp_path / "never"], failing, clock, "failing")
+    with pytest.raises(S.StageFailed):
+        S.run_stage(stages, "f", "sig", [tmp_path / "never"], failing, clock, "failing")
     assert stages.load("f")["status"] == "started" and not stages.done("f", "sig")
     assert "f" not in stages.timings()
 
@@ -185,20 +187,20 @@ def test_run_stage_skips_finished_and_reruns_changed_or_missing(tmp_path):
         return None
 
     with pytest.raises(RuntimeError):
-        D.run_stage(stages, "g", "sig", [tmp_path / "missing"], no_output, clock, "no output")
+        S.run_stage(stages, "g", "sig", [tmp_path / "missing"], no_output, clock, "no output")
     assert not stages.done("g", "sig")
 
     # clean() runs only when a previous attempt used other settings
     cleaned = []
-    D.run_stage(stages, "f", "sig", [out], action, clock, "retry", clean=lambda: cleaned.append(1))
+    S.run_stage(stages, "f", "sig", [out], action, clock, "retry", clean=lambda: cleaned.append(1))
     assert cleaned == [] and stages.done("f", "sig")
-    D.run_stage(stages, "f", "other", [out], action, clock, "changed", clean=lambda: cleaned.append(1))
+    S.run_stage(stages, "f", "other", [out], action, clock, "changed", clean=lambda: cleaned.append(1))
     assert cleaned == [1]
 
 
 def _fake_corpus(root: Path) -> Path:
     root.mkdir(parents=True)
-    counts = D.corpus_counts("tiny")
+    counts = P.corpus_counts("tiny")
     (root / "corpus.json").write_text(json.dumps({"seed": 1, "size": "tiny", "counts": counts,
                                                   "total_hours": 0.01}))
     for name in ["train.tsv", "finetune.tsv", "finetune.ltr", "valid.tsv", "valid.ltr", "dict.ltr.txt",
@@ -209,7 +211,7 @@ def _fake_corpus(root: Path) -> Path:
 
 def test_pipeline_rerun_skips_every_finished_stage(tmp_path, monkeypatch):
     corpus = _fake_corpus(tmp_path / "corpus")
-    assert D.corpus_complete(corpus, "tiny", 1) and not D.corpus_complete(corpus, "quick", 1)
+    assert P.corpus_complete(corpus, "tiny", 1) and not P.corpus_complete(corpus, "quick", 1)
     commands = []
 
     resumed = []
@@ -232,9 +234,10 @@ def test_pipeline_rerun_skips_every_finished_stage(tmp_path, monkeypatch):
         else:
             raise AssertionError(cmd)
 
-    monkeypatch.setattr(D, "run_command", fake_run)
-    preset = D.PRESETS["tiny"]
-    pipe = D.Pipeline(tmp_path / "run", preset, corpus, "tiny", seed=3)
+    monkeypatch.setattr(S, "run_command", fake_run)  # the train and decode stages
+    monkeypatch.setattr(P, "run_command", fake_run)  # the corpus and probe stages
+    preset = P.PRESETS["tiny"]
+    pipe = P.Pipeline(tmp_path / "run", preset, corpus, "tiny", seed=3)
     summary = pipe.run()
     assert len(commands) == 3 + 3 + 6  # 3 pretrain/init, 3 finetune, 6 decodes
     pre = [c for c in commands if "examples/pretrain" in " ".join(c)]
@@ -253,24 +256,24 @@ def test_pipeline_rerun_skips_every_finished_stage(tmp_path, monkeypatch):
     assert list(summary["results"]) == ["none", "bestrq", "birq"]
 
     commands.clear()
-    again = D.Pipeline(tmp_path / "run", preset, corpus, "tiny", seed=3).run()
+    again = P.Pipeline(tmp_path / "run", preset, corpus, "tiny", seed=3).run()
     assert commands == [] and again["results"] == summary["results"]
 
     # finetuning settings change -> finetune + decode rerun from scratch (old finetuned
     # checkpoints removed, not resumed), pretraining is kept
     changed = dict(preset, finetune_updates=preset["finetune_updates"] + 1)
     resumed.clear()
-    D.Pipeline(tmp_path / "run", changed, corpus, "tiny", seed=3).run()
+    P.Pipeline(tmp_path / "run", changed, corpus, "tiny", seed=3).run()
     assert len(commands) == 3 + 6 and not any("examples/pretrain" in " ".join(c) for c in commands)
     assert sorted(resumed) == [("bestrq", False), ("birq", False), ("none", False)]
 
     # an interrupted stage (started marker, same settings) is rerun and resumes its checkpoint
-    stages = D.Stages(tmp_path / "run" / "stages")
+    stages = S.Stages(tmp_path / "run" / "stages")
     marker = stages.load("finetune_birq")
     stages.mark("finetune_birq", marker["signature"], [], status="started")
     commands.clear()
     resumed.clear()
-    D.Pipeline(tmp_path / "run", changed, corpus, "tiny", seed=3).run()
+    P.Pipeline(tmp_path / "run", changed, corpus, "tiny", seed=3).run()
     assert resumed == [("birq", True)]
     assert len(commands) == 1 + 2  # that finetuning, then its two decodes (signature chain)
 
@@ -283,34 +286,34 @@ def test_real_run_log_parses(tmp_path):
     write_manifest(str(data), "train", 6, seed=0)
     write_manifest(str(data), "valid", 2, seed=1)
     save = tmp_path / "pt"
-    cmd = [str(D.BIN / "fairseq-hydra-train"), "--config-dir", str(REPO / "examples" / "pretrain"),
-           "--config-name", "tiny_birq", f"common.user_dir={D.PLUGIN}", f"task.data={data}",
+    cmd = [str(S.BIN / "fairseq-hydra-train"), "--config-dir", str(REPO / "examples" / "pretrain"),
+           "--config-name", "tiny_birq", f"common.user_dir={S.PLUGIN}", f"task.data={data}",
            f"checkpoint.save_dir={save}", f"hydra.run.dir={save}/hydra", "optimization.max_update=5",
            "common.log_format=json", "common.log_interval=1", f"common.log_file={save}/train.log",
            "dataset.max_tokens=64000", "dataset.validate_interval_updates=3"]
-    subprocess.run(cmd, check=True, env=D.thread_env(), capture_output=True)
-    parsed = D.parse_fairseq_log(save / "train.log")
+    subprocess.run(cmd, check=True, env=S.thread_env(), capture_output=True)
+    parsed = S.parse_fairseq_log(save / "train.log")
     assert [r["num_updates"] for r in parsed["train"]] == [1, 2, 3, 4, 5]
     assert parsed["valid"] and "enhanced_code_ppl" in parsed["valid"][-1]
 
 
 def test_report_aggregates_committed_seed_summaries(tmp_path, monkeypatch, real_log):
     """make results: each seed leaves a committed summary; the report reads only those."""
-    import run_results as R
+    import run_results
 
     monkeypatch.setattr(R, "summary_dir", lambda preset: tmp_path / "runs" / preset)
-    logs = R.compact_logs({"BiRQ": D.parse_fairseq_log(real_log)})
+    logs = R.compact_logs({"BiRQ": S.parse_fairseq_log(real_log)})
     assert set(logs["BiRQ"]["train"][0]) <= set(R.CURVE_KEYS) and "lr" not in logs["BiRQ"]["train"][0]
     corpus = {"size": "tiny", "seed": 1, "splits": {}, "seen_voices": ["a"], "unseen_voices": ["b"]}
     for seed, cer in ((1, 40.0), (2, 50.0)):
-        results = {system: {test: {"wer": 80.0, "cer": cer + i, "wer_check": 80.0} for test in D.TEST_SETS}
-                   for i, system in enumerate(D.SYSTEMS)}
+        results = {system: {test: {"wer": 80.0, "cer": cer + i, "wer_check": 80.0} for test in P.TEST_SETS}
+                   for i, system in enumerate(P.SYSTEMS)}
         R.save_summary("tiny", f"seed{seed}", {"seed": seed, "results": results, "timings": {}, "corpus": corpus,
                                                 "diagnostics": {}, "logs": logs, "commands": ["fairseq-hydra-train x"]})
     seeds, ablations = R.load_summaries("tiny")
     assert list(seeds) == [1, 2] and not ablations
     md = tmp_path / "RESULTS.md"
-    code = R.main(["--preset", "tiny", "--report-only", "--results-md", str(md), "--plots-dir",
+    code = run_results.main(["--preset", "tiny", "--report-only", "--results-md", str(md), "--plots-dir",
                    str(tmp_path / "plots"), "--out", str(tmp_path / "out"), "--corpus-dir", str(tmp_path / "c")])
     assert code == 0
     text = md.read_text()
@@ -324,22 +327,100 @@ def test_labelled_subset_is_a_nested_prefix(tmp_path):
     (corpus / "finetune.tsv").write_text("/root\n" + "".join(f"u{i}.wav\t16000\n" for i in range(5)))
     (corpus / "finetune.ltr").write_text("".join(f"A{i} |\n" for i in range(5)))
     (corpus / "finetune.wrd").write_text("".join(f"A{i}\n" for i in range(5)))
-    assert D.labelled_subset(corpus, 3) == "finetune3"
+    assert P.labelled_subset(corpus, 3) == "finetune3"
     assert (corpus / "finetune3.tsv").read_text().splitlines() == ["/root", "u0.wav\t16000", "u1.wav\t16000",
                                                                    "u2.wav\t16000"]
     assert (corpus / "finetune3.ltr").read_text().splitlines() == ["A0 |", "A1 |", "A2 |"]
     with pytest.raises(ValueError, match="finetune.tsv: has 5 utterances"):
-        D.labelled_subset(corpus, 6)
+        P.labelled_subset(corpus, 6)
 
 
 def test_demo_says_how_it_relates_to_results_md(tmp_path, monkeypatch):
     import run_demo
-    import run_results as R
 
     monkeypatch.setattr(R, "summary_dir", lambda preset: tmp_path / preset)
-    results = {"none": {t: {"cer": 60.0} for t in D.TEST_SETS}, "bestrq": {t: {"cer": 45.0} for t in D.TEST_SETS}}
+    results = {"none": {t: {"cer": 60.0} for t in P.TEST_SETS}, "bestrq": {t: {"cer": 45.0} for t in P.TEST_SETS}}
     line = run_demo.relation_to_results_md(results)
     assert "= 0.75" in line and "n/a over 0 committed seed(s)" in line
-    R.save_summary("regime", "seed1", {"results": {"none": {t: {"cer": 50.0} for t in D.TEST_SETS},
-                                                   "bestrq": {t: {"cer": 40.0} for t in D.TEST_SETS}}})
+    R.save_summary("regime", "seed1", {"results": {"none": {t: {"cer": 50.0} for t in P.TEST_SETS},
+                                                   "bestrq": {t: {"cer": 40.0} for t in P.TEST_SETS}}})
     assert "ratio is 0.80 over 1 committed seed(s)" in run_demo.relation_to_results_md(results)
+
+
+def test_committed_results_md_is_what_the_report_makes_from_the_committed_summaries():
+    """RESULTS.md must be regenerable: `make results-report` from the committed JSON only."""
+    import run_results
+
+    preset = P.PRESETS["regime"]
+    text = run_results.results_md("regime", preset, Path("data") / f"tts_{preset['corpus']}", "examples/demo/results")
+    committed = (REPO / "RESULTS.md").read_text()
+    assert text == committed, "RESULTS.md differs from `make results-report`: rerun it and commit the result"
+    assert "None utterances" not in text
+
+
+def test_paths_recorded_elsewhere_become_repository_relative():
+    cmd = ("fairseq-hydra-train --config-dir examples/pretrain task.data=/work/main/data/tts_large "
+           "checkpoint.save_dir=/tmp/ci-clone/results_runs/x common.user_dir=/home/u/birq/birq_fairseq")
+    assert R.repo_relative(cmd) == ("fairseq-hydra-train --config-dir examples/pretrain task.data=data/tts_large "
+                                    "checkpoint.save_dir=results_runs/x common.user_dir=birq_fairseq")
+
+
+def test_grid_lists_its_runs_with_the_demo_recipes(capsys):
+    import regime_grid
+
+    assert regime_grid.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "pretrain s_bestrq3k:" in out and "run ft_s_bestrq3k_l100_r3:" in out
+    # the grid's recipes and shapes are the demo's, defined once
+    assert regime_grid.RECIPES["r1"] == P.FT_FAST
+    assert regime_grid.RECIPES["r3"] == P.FT_FAST + P.FT_FROZEN_FIRST
+    assert regime_grid.ARCHS["s"] == P.MODEL_SMALL
+
+
+def test_grid_and_pipeline_build_runs_with_one_override_builder(tmp_path):
+    """The grid's pretraining of the small BEST-RQ model is the demo's pretraining of it."""
+    import regime_grid
+
+    preset = dict(P.PRESETS["large"], pretrain_updates=3000, max_tokens=128000, log_interval=25)
+    pipe = P.Pipeline(tmp_path, preset, tmp_path / "c", "large", seed=2)
+    spec = regime_grid.PRETRAIN["s_bestrq3k"]
+    grid = P.pretrain_overrides(tmp_path / "c", tmp_path / "sd", 2, spec["system"], spec["updates"],
+                                spec["max_tokens"], 25, regime_grid.ARCHS[spec["arch"]], train_subset=spec["pool"])
+    assert grid == pipe.pretrain_overrides("bestrq", tmp_path / "sd")
+    ft = P.finetune_overrides(tmp_path / "c", tmp_path / "w.pt", tmp_path / "ft", 2, "finetune100", 2000, 128000, 50,
+                              P.RECIPES["r3"])
+    assert ft[-1] == "model.freeze_finetune_updates=600" and "optimization.lr=[0.001]" in ft
+
+
+def test_label_health_verdict_separates_healthy_from_collapsed():
+    import label_health as LH
+
+    n = 50
+    updates = list(range(100, 100 * (n + 1), 100))
+    probe = [{"num_updates": 0, "anchor_pnmi": 0.2, "anchor_pnmi_chance": 0.1, "enhanced_pnmi": 0.15,
+              "enhanced_pnmi_chance": 0.1}] + [
+        {"num_updates": u, "anchor_pnmi": 0.2, "anchor_pnmi_chance": 0.1, "enhanced_pnmi": 0.2 + 0.1 * u / 5000,
+         "enhanced_pnmi_chance": 0.1} for u in (2500, 5000)]
+    healthy = {"num_updates": updates, "anchor_code_ppl": [20.0] * n, "enhanced_code_ppl": [40.0] * n,
+               "enhanced_acc": [0.1] * n}
+    h = LH.health(healthy, probe)
+    assert h["healthy"] and h["ppl_ok"] and h["acc_ok"] and h["pnmi_above_anchor"] and h["pnmi_rising"]
+    collapsed = dict(healthy, enhanced_code_ppl=[40.0] * 2 + [2.0] * (n - 2), enhanced_acc=[0.9] * n)
+    c = LH.health(collapsed, probe)
+    assert not c["ppl_ok"] and not c["healthy"] and c["min_ppl_ratio"] == 0.1
+    noise = dict(healthy, enhanced_acc=[0.05] * n)  # chance 1 / 40 = 0.025: 0.05 is not 3x above it
+    assert not LH.health(noise, probe)["acc_ok"]
+    falling = [probe[0], dict(probe[1], enhanced_pnmi=0.4), dict(probe[2], enhanced_pnmi=0.3)]
+    f = LH.health(healthy, falling)
+    assert f["pnmi_above_anchor"] and not f["pnmi_rising"] and not f["healthy"]
+
+
+def test_label_health_lists_variants_and_rejects_unknown_runs(capsys):
+    import label_health as LH
+
+    assert LH.main(["--list", "--updates", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "argmax_sinkhorn: +model.enhanced_selection=argmax +model.enhanced_sinkhorn_iters=3" in out
+    assert "+criterion.enhanced_start_updates=100" in out  # the warm-up placeholder is filled in
+    with pytest.raises(SystemExit):
+        LH.main(["--runs", "nonsense:1"])

@@ -26,31 +26,15 @@ from pathlib import Path
 from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import demo_lib as D  # noqa: E402
+import pipeline as P  # noqa: E402
+import stages as S  # noqa: E402
 
-SUMMARY_DIR = D.REPO / "examples" / "demo" / "regime"
-EVAL_SETS = ("valid",) + D.TEST_SETS
+SUMMARY_DIR = S.REPO / "examples" / "demo" / "regime"
+EVAL_SETS = ("valid",) + P.TEST_SETS
 
-# Encoder shapes (BiRQ's tiny config otherwise). "s" is the demo's 0.4M-parameter model.
-ARCHS = {
-    "s": {"model.encoder_layers": 4, "model.encoder_embed_dim": 96, "model.encoder_ffn_embed_dim": 192,
-          "model.encoder_attention_heads": 4},
-    "m": {"model.encoder_layers": 6, "model.encoder_embed_dim": 192, "model.encoder_ffn_embed_dim": 768,
-          "model.encoder_attention_heads": 4, "model.conv_channels": 32, "model.conv_pos": 32},
-}
-
-# Finetuning recipes (on top of examples/finetune/tiny_ctc.yaml).
-RECIPES = {
-    # the demo's recipe: frozen conv subsampling, 25 % channel masking, lr 2e-3
-    "r1": ["optimization.lr=[0.002]", "optimization.clip_norm=10.0"],
-    # trained subsampling, light channel masking, lower lr
-    "r2": ["optimization.lr=[0.001]", "optimization.clip_norm=10.0", "model.feature_grad_mult=1.0",
-           "model.mask_channel_prob=0.05"],
-    # r2 with the encoder frozen for the first 30 % of updates (only the CTC projection
-    # trains): what wav2vec 2.0's low-resource recipes do to keep pretrained features
-    "r3": ["optimization.lr=[0.001]", "optimization.clip_norm=10.0", "model.feature_grad_mult=1.0",
-           "model.mask_channel_prob=0.05", "model.freeze_finetune_updates={F30}"],
-}
+# Encoder shapes and finetuning recipes are the demo's (examples/demo/pipeline.py).
+ARCHS = {"s": P.MODEL_SMALL, "m": P.MODEL_MEDIUM}
+RECIPES = P.RECIPES
 
 
 def pretrain_spec(arch: str, system: str, updates: int, max_tokens: int, pool: str = "train",
@@ -90,96 +74,51 @@ RUNS = _grid()
 
 # --------------------------------------------------------------------------- stages
 class Grid:
+    """The grid's runs on the demo's stages: ``pipeline``'s override builders, run by
+    ``stages.train_stage`` / ``stages.decode_stage``."""
+
     def __init__(self, out: Path, corpus: Path, seed: int, threads: int):
         self.out, self.corpus, self.seed = out, corpus, seed
-        self.env = D.thread_env(threads)
-        self.clock = D.Clock()
-        self.stages = D.Stages(out / "stages")
-
-    def _train(self, stage: str, config_dir: str, config: str, overrides: List[str], save_dir: Path,
-               updates: int, upstream=None) -> Path:
-        ckpt = save_dir / "checkpoint_last.pt"
-
-        def action():
-            save_dir.mkdir(parents=True, exist_ok=True)
-            D.run_command([D.BIN / "fairseq-hydra-train", "--config-dir", D.REPO / "examples" / config_dir,
-                           "--config-name", config] + overrides, save_dir / "stdout.log", env=self.env,
-                          line_filter=D.FairseqProgress(stage, updates, self.clock))
-            return {"command": f"fairseq-hydra-train --config-dir examples/{config_dir} --config-name {config} "
-                               + " ".join(overrides)}
-
-        D.run_stage(self.stages, stage, D.signature([overrides, upstream]), [ckpt], action, self.clock, stage,
-                    clean=lambda: D.clean_run_dir(save_dir))
-        return ckpt
+        self.env = S.thread_env(threads)
+        self.clock = S.Clock()
+        self.stages = S.Stages(out / "stages")
 
     def pretrain(self, name: str) -> Path:
         spec = PRETRAIN[name]
         save_dir = self.out / "pretrain" / f"{name}_seed{self.seed}"
         updates = spec["updates"]
-        ov = [f"common.user_dir={D.PLUGIN}", f"task.data={self.corpus}", f"checkpoint.save_dir={save_dir}",
-              f"hydra.run.dir={save_dir}/hydra", "common.log_format=json", f"common.log_file={save_dir}/train.log",
-              "common.log_interval=25", f"common.seed={self.seed}", f"dataset.max_tokens={spec['max_tokens']}",
-              f"dataset.train_subset={spec['pool']}", "common.cpu=true", "dataset.num_workers=0",
-              f"checkpoint.save_interval_updates={max(updates // 4, 5)}"]
-        ov += [f"{k}={v}" for k, v in ARCHS[spec["arch"]].items()]
-        if spec["system"] == "none":  # the seeded initialisation, in pretraining-checkpoint format
-            ov += ["model.enhanced_stream=true", "optimization.max_update=1", "optimization.lr=[0.0]",
-                   "dataset.disable_validation=true"]
-        else:
-            ov += [f"model.enhanced_stream={'true' if spec['system'] == 'birq' else 'false'}",
-                   f"optimization.max_update={updates}", f"lr_scheduler.warmup_updates={max(updates // 10, 1)}",
-                   f"dataset.validate_interval_updates={max(updates // 2, 1)}"]
-        ov += spec["extra"]
-        return self._train(f"pretrain_{name}_seed{self.seed}", "pretrain", "tiny_birq", ov, save_dir, updates)
+        ov = P.pretrain_overrides(self.corpus, save_dir, self.seed, spec["system"], updates, spec["max_tokens"],
+                                  log_interval=25, model=ARCHS[spec["arch"]], extra=spec["extra"],
+                                  train_subset=spec["pool"])
+        stage = f"pretrain_{name}_seed{self.seed}"
+        return S.train_stage(self.stages, stage, S.signature(ov), "pretrain", "tiny_birq", ov, save_dir,
+                             1 if spec["system"] == "none" else updates, self.env, self.clock, stage)
 
     def finetune(self, run: str) -> dict:
         spec = RUNS[run]
         pre_ckpt = self.pretrain(spec["pretrain"])
-        subset = D.labelled_subset(self.corpus, spec["labelled"])
+        subset = P.labelled_subset(self.corpus, spec["labelled"])
         save_dir = self.out / "finetune" / f"{run}_seed{self.seed}"
-        updates = spec["updates"]
-        recipe = [o.replace("{F30}", str(int(0.3 * updates))) for o in RECIPES[spec["recipe"]]]
-        ov = [f"common.user_dir={D.PLUGIN}", f"task.data={self.corpus}", f"model.w2v_path={pre_ckpt}",
-              f"checkpoint.save_dir={save_dir}", f"hydra.run.dir={save_dir}/hydra", "common.log_format=json",
-              f"common.log_file={save_dir}/train.log", "common.log_interval=50", f"common.seed={self.seed}",
-              f"dataset.train_subset={subset}", "dataset.valid_subset=valid", f"optimization.max_update={updates}",
-              f"dataset.max_tokens={spec['max_tokens']}", f"dataset.validate_interval_updates={updates}",
-              f"checkpoint.save_interval_updates={max(updates // 4, 5)}", "common.cpu=true",
-              "dataset.num_workers=0"] + recipe
+        ov = P.finetune_overrides(self.corpus, pre_ckpt, save_dir, self.seed, subset, spec["updates"],
+                                  spec["max_tokens"], log_interval=50, recipe=RECIPES[spec["recipe"]])
         pre_stage = f"pretrain_{spec['pretrain']}_seed{self.seed}"
-        ckpt = self._train(f"finetune_{run}_seed{self.seed}", "finetune", "tiny_ctc", ov, save_dir, updates,
-                           upstream=self.stages.load(pre_stage).get("signature"))
-        results = OrderedDict((s, self.decode(run, ckpt, s)) for s in EVAL_SETS)
+        stage = f"finetune_{run}_seed{self.seed}"
+        ckpt = S.train_stage(self.stages, stage, S.signature([ov, S.stage_identity(self.stages, pre_stage)]),
+                             "finetune", "tiny_ctc", ov, save_dir, spec["updates"], self.env, self.clock, stage)
+        results = OrderedDict(
+            (s, S.decode_stage(self.stages, f"decode_{run}_seed{self.seed}_{s}", S.stage_identity(self.stages, stage),
+                               self.corpus, ckpt, s, self.out / "decode" / f"{run}_seed{self.seed}", self.env,
+                               self.clock, f"decode {run} on {s}", run))
+            for s in EVAL_SETS)
         summary = OrderedDict(run=run, seed=self.seed, spec=spec, pretrain=PRETRAIN[spec["pretrain"]],
-                              arch=ARCHS[PRETRAIN[spec["pretrain"]]["arch"]], recipe=recipe, results=results,
-                              timings={k: v for k, v in self.stages.timings().items()
-                                       if k in (pre_stage, f"finetune_{run}_seed{self.seed}")},
+                              arch=ARCHS[PRETRAIN[spec["pretrain"]]["arch"]],
+                              recipe=[o.replace("{UPDATES_30PCT}", str(int(0.3 * spec["updates"])))
+                                      for o in RECIPES[spec["recipe"]]], results=results,
+                              timings={k: v for k, v in self.stages.timings().items() if k in (pre_stage, stage)},
                               date=time.strftime("%Y-%m-%d %H:%M:%S"))
         SUMMARY_DIR.mkdir(parents=True, exist_ok=True)
         (SUMMARY_DIR / f"{run}_seed{self.seed}.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
-
-    def decode(self, run: str, ckpt: Path, subset: str) -> dict:
-        res_dir = self.out / "decode" / f"{run}_seed{self.seed}"
-        out_txt = res_dir / f"generate-{subset}.txt"
-        args = [self.corpus, "--task", "birq_finetuning", "--path", ckpt, "--gen-subset", subset,
-                "--scoring", "wer", "--post-process", "letter", "--user-dir", D.PLUGIN, "--results-path", res_dir,
-                "--cpu", "--num-workers", "0", "--max-tokens", "2000000"]
-
-        def action():
-            if out_txt.exists():
-                out_txt.unlink()
-            D.run_command([D.BIN / "fairseq-generate"] + args, res_dir / f"stdout-{subset}.log", env=self.env,
-                          line_filter=lambda l: f"   {l}" if ("rror" in l or "Traceback" in l) else None)
-            result = D.parse_generate_output(out_txt)
-            print(f"   {run} {subset}: WER {result['wer']:.1f}  CER {result['cer']:.1f}", flush=True)
-            return {"result": result}
-
-        ft = self.stages.load(f"finetune_{run}_seed{self.seed}") or {}
-        marker = D.run_stage(self.stages, f"decode_{run}_seed{self.seed}_{subset}",
-                             D.signature([args, ft.get("signature"), ft.get("finished_at")]), [out_txt], action,
-                             self.clock, f"decode {run} on {subset}")
-        return marker["result"]
 
 
 # --------------------------------------------------------------------------- report
@@ -236,10 +175,10 @@ def pretrain_summary(out: Path, corpus: Path, name: str, seed: int) -> dict:
         return json.loads(cached.read_text())
     save_dir = out / "pretrain" / f"{name}_seed{seed}"
     log = save_dir / "train.log"
-    marker = D.Stages(out / "stages").load(f"pretrain_{name}_seed{seed}") or {}
+    marker = S.Stages(out / "stages").load(f"pretrain_{name}_seed{seed}") or {}
     if PRETRAIN[name]["system"] == "none" or marker.get("status") != "done":
         return {}  # not run, or not finished
-    valid = D.parse_fairseq_log(log)["valid"]
+    valid = S.parse_fairseq_log(log)["valid"]
     bits, majority = anchor_marginal_bits(save_dir / "checkpoint_last.pt", corpus / "valid.tsv")
     summary = OrderedDict(name=name, seed=seed, spec=PRETRAIN[name],
                           valid=[{k: r.get(k) for k in ("num_updates", "anchor_loss", "anchor_acc")} for r in valid],
@@ -295,8 +234,8 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain", nargs="*", default=[], help="pretraining runs only")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--corpus-dir", default=str(D.REPO / "data" / "tts_large"))
-    p.add_argument("--out", default=str(D.REPO / "results_runs" / "regime"))
+    p.add_argument("--corpus-dir", default=str(S.REPO / "data" / "tts_large"))
+    p.add_argument("--out", default=str(S.REPO / "results_runs" / "regime"))
     p.add_argument("--summary-dir", default=str(SUMMARY_DIR), help="where run summaries (committed) go")
     p.add_argument("--list", action="store_true")
     p.add_argument("--report", action="store_true")

@@ -30,12 +30,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import demo_lib as D  # noqa: E402
+import pipeline as P  # noqa: E402
+import report as R  # noqa: E402
+import stages as S  # noqa: E402
 
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=list(D.PRESETS), default="default")
+    p.add_argument("--preset", choices=list(P.PRESETS), default="default")
     p.add_argument("--out", default=None, help="run directory (default demo_runs/<preset>)")
     p.add_argument("--corpus-dir", default=None, help="corpus directory (default data/tts_<corpus preset>)")
     p.add_argument("--corpus-preset", default=None, help="override the preset's corpus size (tiny/quick/default/large)")
@@ -52,10 +54,8 @@ def get_parser():
 def relation_to_results_md(results: dict) -> str:
     """One line: this run's CER ratio next to RESULTS.md's multi-seed comparison (the
     committed summaries of the ``regime`` preset), so a reader knows how the two relate."""
-    import run_results as R
-
     def mean_cer(res, system):  # over both test sets (and seeds, when given lists)
-        values = [r["cer"] for t in D.TEST_SETS for r in D.as_list(res[system][t])]
+        values = [r["cer"] for t in P.TEST_SETS for r in R.as_list(res[system][t])]
         return sum(values) / len(values)
 
     def cer_ratio(res, num, den):
@@ -79,15 +79,15 @@ def relation_to_results_md(results: dict) -> str:
             f"{fmt(there)} over {len(seeds)} committed seed(s).")
 
 
-def report(out: Path, pipe: D.Pipeline, summary: dict, preset_name: str, preset: dict, clock: D.Clock) -> dict:
-    D.banner(clock, "report")
+def report(out: Path, pipe: P.Pipeline, summary: dict, preset_name: str, preset: dict, clock: S.Clock) -> dict:
+    S.banner(clock, "report")
     results = summary["results"]
     logs = pipe.pretrain_logs()
     curves_png, wer_png = out / "pretraining_curves.png", out / "wer.png"
     if logs:
-        D.plot_pretraining(logs, curves_png, title=f"pretraining ({preset_name} preset, seed {pipe.seed}): "
+        R.plot_pretraining(logs, curves_png, title=f"pretraining ({preset_name} preset, seed {pipe.seed}): "
                                                    "lines = train, dots = valid")
-    D.plot_wer_bars(results, wer_png, title=f"WER after CTC finetuning ({preset_name} preset)")
+    R.plot_wer_bars(results, wer_png, title=f"WER after CTC finetuning ({preset_name} preset)")
     final = {}
     for name, parsed in logs.items():
         last = parsed["train"][-1] if parsed["train"] else {}
@@ -111,9 +111,9 @@ def report(out: Path, pipe: D.Pipeline, summary: dict, preset_name: str, preset:
     doc["relation_to_results_md"] = relation_to_results_md(results)
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     print("\nWER (%) after CTC finetuning, greedy decoding, checkpoint_last:")
-    print(D.wer_table(results, "wer"))
+    print(R.wer_table(results, "wer"))
     print("\nCER (%) (same decodes):")
-    print(D.wer_table(results, "cer"))
+    print(R.wer_table(results, "cer"))
     print(doc["relation_to_results_md"])
     for name, f in final.items():
         print(f"{name} at update {f.get('num_updates')}: " + " ".join(
@@ -127,25 +127,25 @@ def report(out: Path, pipe: D.Pipeline, summary: dict, preset_name: str, preset:
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    preset = D.resolve_preset(args)
+    preset = P.resolve_preset(args)
     out = Path(args.out or f"demo_runs/{args.preset}").resolve()
-    corpus_dir = Path(args.corpus_dir or D.REPO / "data" / f"tts_{preset['corpus']}")
+    corpus_dir = Path(args.corpus_dir or S.REPO / "data" / f"tts_{preset['corpus']}")
     out.mkdir(parents=True, exist_ok=True)
-    clock = D.Clock()
-    D.banner(clock, f"BiRQ demo: preset {args.preset} -> {out}")
+    clock = S.Clock()
+    S.banner(clock, f"BiRQ demo: preset {args.preset} -> {out}")
     print(f"   settings: {json.dumps(preset)}\n   corpus: {corpus_dir} (preset {preset['corpus']})", flush=True)
-    pipe = D.Pipeline(out, preset, corpus_dir, preset["corpus"], seed=args.seed, clock=clock,
+    pipe = P.Pipeline(out, preset, corpus_dir, preset["corpus"], seed=args.seed, clock=clock,
                       threads=args.threads, birq_overrides=args.birq_override)
     try:
         summary = pipe.run()
-    except D.StageFailed as e:
+    except S.StageFailed as e:
         print(f"\nrun_demo: {e}\nrun_demo: rerun the same command to resume.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nrun_demo: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
     report(out, pipe, summary, args.preset, preset, clock)
-    D.banner(clock, "done")
+    S.banner(clock, "done")
     return 0
 
 
