@@ -23,6 +23,8 @@ setup(
         "flashlight-text==0.0.7",
         "tqdm==4.70.1",
         "matplotlib==3.11.2",
+        # common.tensorboard_logdir: fairseq writes event files through it (the viewer, tensorboard, is not needed)
+        "tensorboardX==2.6.5",
     ],
     extras_require={
         # hydra's SLURM launcher (examples/pretrain/run_config); the tests compose those configs.

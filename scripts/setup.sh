@@ -14,7 +14,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt)
 
-if ! .venv/bin/python -c "import birq_fairseq, fairseq, torchaudio, flashlight.lib.text, hydra_plugins.hydra_submitit_launcher, sklearn, onnx, onnxruntime" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import birq_fairseq, fairseq, torchaudio, flashlight.lib.text, hydra_plugins.hydra_submitit_launcher, sklearn, onnx, onnxruntime, tensorboardX" >/dev/null 2>&1; then
   echo "== installing torch and fairseq's build requirements"
   # fairseq-fixed builds its extensions against the installed torch: build without
   # isolation, or pip would fetch another torch into a throw-away build environment.

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -67,3 +68,24 @@ def e2e_checkpoints(tmp_path_factory):
     data = make_tiny_corpus(tmp / "corpus")
     pretrained = pretrain(tmp, data)
     return tmp, data, pretrained, finetune(tmp, data, pretrained)
+
+
+@pytest.fixture(scope="session")
+def short_pretrain_run(synth_data, tmp_path_factory):
+    """A short real BiRQ pretraining run, shared by the tests that read what fairseq writes.
+
+    fairseq-hydra-train on examples/pretrain/tiny_birq.yaml, 5 updates over synth_data with 2
+    clips per batch (4 updates per epoch, so the run spans 2 epochs), validation at update 3
+    and at each epoch's end, ``common.log_format=json common.log_interval=1`` into
+    ``train.log`` and TensorBoard event files under ``tb/`` (``common.tensorboard_logdir``).
+    Returns ``{"dir": Path, "output": the command's stdout + stderr}``.
+    """
+    run_dir = Path(tmp_path_factory.mktemp("short_pretrain"))
+    proc = run_console("fairseq-hydra-train", [
+        "--config-dir", os.path.join(REPO, "examples", "pretrain"), "--config-name", "tiny_birq",
+        f"common.user_dir={os.path.join(REPO, 'birq_fairseq')}", f"task.data={synth_data}",
+        f"checkpoint.save_dir={run_dir / 'checkpoints'}", f"hydra.run.dir={run_dir / 'hydra'}",
+        "optimization.max_update=5", "common.log_format=json", "common.log_interval=1",
+        f"common.log_file={run_dir / 'train.log'}", f"common.tensorboard_logdir={run_dir / 'tb'}",
+        "dataset.max_tokens=64000", "dataset.validate_interval_updates=3"], cwd=str(run_dir))
+    return {"dir": run_dir, "output": proc.stdout + proc.stderr}

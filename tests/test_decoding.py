@@ -194,6 +194,13 @@ def test_label_validation_can_be_disabled(data_dir):
     write_split(data_dir, "train", ["A B |", "C Z |"])
     task = setup_task(data_dir, validate_labels=False)
     task.load_dataset("train")  # stock behaviour: Z silently becomes <unk>
+    d, ds = task.target_dictionary, task.dataset("train")
+    assert "Z" not in d.indices
+    labels = [ds.get_label(i, process_fn=ds.process_label).tolist() for i in range(len(ds))]
+    # The known letters keep their indices; the unknown one is <unk>, not dropped or an error.
+    assert labels[0] == [d.index("A"), d.index("B"), d.index("|")]
+    assert labels[1] == [d.index("C"), d.unk(), d.index("|")]
+    assert d.string(torch.tensor(labels[1])) == "C <unk> |"
 
 
 def test_safe_globals_allow_dictionary(tmp_path):

@@ -148,6 +148,43 @@ def test_bestrq_mode_is_exactly_the_anchor_loss():
     assert not torch.allclose(birq_loss, torch.tensor(birq_log["anchor_loss"]))
 
 
+@pytest.mark.parametrize("hard", [True, False], ids=["one_hot_targets", "soft_targets"])
+def test_enhanced_cross_entropy_matches_an_independent_computation(hard):
+    """The enhanced loss, accuracy and code perplexity the criterion logs, and its total loss,
+    recomputed from the model's outputs with torch's own cross-entropy and a numpy histogram."""
+    model = build(enhanced_hard_targets=hard, enhanced_num_codebooks=2)
+    model.train()
+    criterion = BirqCriterion(BirqCriterionConfig(), _Task())  # the paper's w1 = 0.1, gamma = 24
+    criterion(model, batch(seed=1))
+    model.penalty_baseline.commit()  # a v^ from a previous update
+    baseline = float(model.penalty_baseline.minimum)
+    torch.manual_seed(6)
+    np.random.seed(6)
+    loss, frames, log = criterion(model, batch())
+    out = seeded_forward(model, batch(), seed=6)
+    logits, targets = out["enhanced_logits"].detach(), out["enhanced_targets"].detach()
+    m, books, vocab = logits.shape
+    assert m == frames and books == 2 and targets.shape == logits.shape
+    labels = targets.argmax(-1)
+    if hard:  # one-hots: class-index cross-entropy
+        reference = F.cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), reduction="sum") / books
+    else:  # a distribution per frame: torch's class-probability cross-entropy
+        assert ((targets > 0) & (targets < 1)).any()
+        reference = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1, vocab), reduction="sum") / books
+    assert log["enhanced_loss"] == pytest.approx(float(reference), rel=1e-5)
+    assert log["enhanced_correct"] == int((logits.argmax(-1) == labels).sum()) and log["enhanced_count"] == m * books
+    ppl = []
+    for book in labels.T.numpy():
+        p = np.bincount(book, minlength=vocab) / len(book)
+        ppl.append(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))
+    assert log["enhanced_code_ppl"] == pytest.approx(float(np.mean(ppl)), rel=1e-5)
+    # The total, with an independent anchor loss: w1 * L_e + w2 * (L_a - v^ * frames).
+    anchor = F.cross_entropy(out["anchor_logits"].flatten(0, 1), out["anchor_labels"].flatten(), reduction="sum")
+    anchor = anchor / out["anchor_labels"].size(-1)
+    expected = 0.1 * float(reference) + 2.4 * (float(anchor) - baseline * frames)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
 def test_penalty_combination_and_gamma_schedule():
     model = build()
     model.train()

@@ -2,6 +2,8 @@
 
 import json
 import os
+import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,3 +85,64 @@ def test_bestrq_config_logs_anchor_stream_only(synth_data, tmp_path):
     assert all(abs(float(r["loss"]) - float(r["anchor_loss"])) < 1e-3 for r in records)
     state = torch.load(os.path.join(run_dir, "checkpoints", "checkpoint_last.pt"), map_location="cpu")
     assert not any(k.startswith("enhanced") for k in state["model"])
+
+
+STREAM_SCALARS = ("anchor_loss", "anchor_acc", "anchor_code_ppl", "enhanced_loss", "enhanced_acc", "enhanced_code_ppl")
+
+
+def read_tensorboard_scalars(logdir):
+    """{run: {tag: {step: value}}} from the TensorBoard event files under logdir (run = sub-folder).
+
+    TensorBoard's own reader (tensorboard.backend.event_processing) needs the tensorboard
+    package, which is not a dependency. An event file is a TFRecord stream: per record a
+    little-endian uint64 length, its masked CRC-32C, the payload (an Event protobuf), the
+    payload's masked CRC-32C. Both checksums are checked, as TensorBoard does; the payloads are
+    parsed with the Event protobuf tensorboardX ships.
+    """
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.record_writer import masked_crc32c
+
+    runs = {}
+    for path in sorted(Path(logdir).rglob("events.out.tfevents.*")):
+        run = path.parent.relative_to(logdir).as_posix()
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            header = data[pos:pos + 8]
+            (length,) = struct.unpack("<Q", header)
+            payload = data[pos + 12:pos + 12 + length]
+            (header_crc,) = struct.unpack("<I", data[pos + 8:pos + 12])
+            (payload_crc,) = struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])
+            assert header_crc == masked_crc32c(header) and payload_crc == masked_crc32c(payload), path
+            pos += 16 + length
+            event = Event.FromString(payload)
+            if event.WhichOneof("what") != "summary":
+                continue
+            for value in event.summary.value:
+                if value.WhichOneof("value") == "simple_value":
+                    runs.setdefault(run, {}).setdefault(value.tag, {})[event.step] = value.simple_value
+    return runs
+
+
+@pytest.mark.e2e
+def test_tensorboard_logdir_writes_both_streams_scalars(short_pretrain_run):
+    """common.tensorboard_logdir works out of the box (tensorboardX is a dependency): the event
+    files hold the anchor and enhanced losses, accuracies and code perplexities, per update
+    (train_inner), per epoch (train) and per validation (valid), equal to the json log's."""
+    run_dir, output = short_pretrain_run["dir"], short_pretrain_run["output"]
+    assert "Please install tensorboardX" not in output and "tensorboard not found" not in output
+    runs = read_tensorboard_scalars(run_dir / "tb")
+    assert {"train_inner", "train", "valid"} <= set(runs), sorted(runs)
+    records = {int(r["num_updates"]): r for r in train_records(run_dir / "train.log")}
+    assert sorted(records) == [1, 2, 3, 4, 5]
+    for key in ("loss",) + STREAM_SCALARS:
+        per_update = runs["train_inner"][key]
+        assert sorted(per_update) == [1, 2, 3, 4, 5], (key, per_update)
+        for step, value in per_update.items():
+            assert value == pytest.approx(float(records[step][key]), rel=1e-5, abs=1e-6), (key, step)
+        assert sorted(runs["train"][key]) == [4, 5], key  # the end of epochs 1 and 2
+        assert sorted(runs["valid"][key]) == [3, 4, 5], key  # validate_interval_updates=3, epoch ends
+    for stream in ("anchor", "enhanced"):
+        steps = runs["train_inner"]
+        assert all(v > 0 for v in steps[f"{stream}_loss"].values())
+        assert all(0 <= v <= 1 for v in steps[f"{stream}_acc"].values())
+        assert all(1 <= v <= 256 for v in steps[f"{stream}_code_ppl"].values())  # tiny_birq: 256 codes

@@ -190,8 +190,43 @@ def test_criterion_config_rejected_with_field_name(overrides, field):
 
 
 def test_valid_config_builds_and_gamma_zero_allowed():
-    tiny_model()
-    tiny_criterion(gamma=0.0)
+    """gamma = 0 is a valid config, and it switches the penalty off: the loss is w1 * L_upper
+    exactly (here L_upper = the enhanced cross-entropy), whatever v^ is, and the lower level
+    (the anchor head) gets no gradient."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    model = tiny_model()
+    model.train()
+    criterion = tiny_criterion(gamma=0.0, upper_weight=0.3)
+    g = torch.Generator().manual_seed(0)
+    source = torch.randn(2, 16000, generator=g) * 0.1
+    padding = torch.zeros_like(source, dtype=torch.bool)
+    sample = {"id": torch.arange(2), "net_input": {"source": source, "padding_mask": padding}}
+
+    def seeded(fn, seed=7):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        return fn()
+
+    for step in range(2):  # step 0: no v^ yet (batch mean); step 1: v^ from the committed update
+        loss, frames, log = seeded(lambda: criterion(model, sample), seed=7 + step)
+        out = seeded(lambda: model(**sample["net_input"]), seed=7 + step)
+        logits, targets = out["enhanced_logits"], out["enhanced_targets"]
+        assert frames == logits.size(0) > 0
+        # Independent L_upper: per-frame cross-entropy against the one-hot labels' indices,
+        # averaged over the codebooks, summed over the masked frames.
+        upper = F.cross_entropy(logits.flatten(0, 1), targets.argmax(-1).flatten(), reduction="sum") / logits.size(1)
+        assert float(loss) == pytest.approx(0.3 * float(upper), rel=1e-5)
+        assert log["gamma"] == 0.0 and log["enhanced_loss"] == pytest.approx(float(upper), rel=1e-5)
+        if step == 1:
+            assert log["penalty_gap"] != 0  # v^ is set (another mask, another anchor loss): gamma = 0 still ignores it
+        anchor_grads = torch.autograd.grad(loss, list(model.anchor_head.parameters()), allow_unused=True)
+        assert all(gr is None or not gr.any() for gr in anchor_grads)
+        model.penalty_baseline.commit()
+    # With gamma > 0 the same batch's loss does include the anchor stream.
+    loss_penalised, _, _ = seeded(lambda: tiny_criterion(gamma=1.0, upper_weight=0.3)(model, sample), seed=8)
+    assert float(loss_penalised) != pytest.approx(float(loss), rel=1e-5)
 
 
 # --------------------------------------------------------------------------- finetuning-side mismatch

@@ -355,16 +355,18 @@ def train_stage(stages: Stages, name: str, sig: str, config_dir: str, config_nam
     """``fairseq-hydra-train --config-dir examples/<config_dir> --config-name <config_name> <overrides>``
     as stage ``name``: skipped when finished with the same ``sig``, resumed from its
     checkpoint_last.pt when interrupted, started afresh (old checkpoints removed) when the
-    settings changed. Returns the run's checkpoint_last.pt."""
+    settings changed. TensorBoard event files go to ``<save_dir>/tensorboard`` (an output,
+    not a setting: it is not part of ``sig``). Returns the run's checkpoint_last.pt."""
     save_dir = Path(save_dir)
     ckpt = save_dir / "checkpoint_last.pt"
+    overrides = list(overrides) + [f"common.tensorboard_logdir={save_dir / 'tensorboard'}"]
 
     def action():
         save_dir.mkdir(parents=True, exist_ok=True)
         if ckpt.exists():
             print(f"   resuming from {ckpt}", flush=True)
         run_command([BIN / "fairseq-hydra-train", "--config-dir", REPO / "examples" / config_dir,
-                     "--config-name", config_name] + list(overrides), save_dir / "stdout.log", env=env,
+                     "--config-name", config_name] + overrides, save_dir / "stdout.log", env=env,
                     line_filter=FairseqProgress(progress_tag or name, updates, clock))
         return {"command": f"fairseq-hydra-train --config-dir examples/{config_dir} --config-name {config_name} "
                            + " ".join(overrides)}
