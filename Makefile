@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 OUT ?= demo_runs
 
-.PHONY: setup test test-fast demo demo-quick results results-report bench corpus clean
+.PHONY: setup test test-fast demo demo-quick results results-report label-health label-health-report bench corpus clean
 
 setup:
 	bash scripts/setup.sh
@@ -35,6 +35,17 @@ results: setup
 ## RESULTS.md from the committed seed summaries only (runs nothing).
 results-report: setup
 	$(PY) examples/demo/run_results.py --preset regime --report-only --out $(OUT)/results
+
+## BiRQ's label generator over long pretraining (RESULTS.md "label health"; 30 k updates, ~30-50 min per
+## run on one core; resumable): each finished run leaves examples/demo/label_health/<variant>_seed<N>.json
+## (commit it).  make label-health RUNS="argmax_sinkhorn:1 stopgrad:1"   (label_health.py --list names them)
+RUNS ?= argmax_sinkhorn:1
+label-health: setup
+	$(PY) examples/demo/label_health.py --runs $(RUNS)
+
+## The label-health table and plot (examples/demo/label_health/health.md, health.png) from the committed runs.
+label-health-report: setup
+	$(PY) examples/demo/label_health.py --report
 
 ## Cost of BiRQ's labels against BEST-RQ and HuBERT, measured side by side (< 20 min).
 bench: setup

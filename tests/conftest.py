@@ -60,8 +60,6 @@ def e2e_checkpoints(tmp_path_factory):
     Returns ``(tmp, data, pretrained, finetuned)``: a tiny tone corpus (with ``lexicon.txt``), a
     pretraining checkpoint (3 updates) and a CTC checkpoint finetuned from it (4 updates).
     """
-    from pathlib import Path
-
     from test_finetune_e2e import finetune, make_tiny_corpus, pretrain
 
     tmp = Path(tmp_path_factory.mktemp("e2e_shared"))

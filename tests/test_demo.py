@@ -422,7 +422,7 @@ def test_label_health_lists_variants_and_rejects_unknown_runs(capsys):
 
     assert LH.main(["--list", "--updates", "1000"]) == 0
     out = capsys.readouterr().out
-    assert "argmax_sinkhorn: +model.enhanced_selection=argmax +model.enhanced_sinkhorn_iters=3" in out
-    assert "+criterion.enhanced_start_updates=100" in out  # the warm-up placeholder is filled in
+    assert "argmax_sinkhorn: ++model.enhanced_selection=argmax ++model.enhanced_sinkhorn_iters=3" in out
+    assert "++criterion.enhanced_start_updates=100" in out  # the warm-up placeholder is filled in
     with pytest.raises(SystemExit):
         LH.main(["--runs", "nonsense:1"])

@@ -46,27 +46,31 @@ PROBE_SPLIT = "valid"
 
 # Label-generator variants: BiRQ overrides on tiny_birq.yaml (the paper's w1, w2, tau_g = 0.5,
 # k = round(0.7 L), label gradient on unless said). Where each idea comes from: docs/method.md.
-BALANCED = ["+model.enhanced_selection=argmax", "+model.enhanced_sinkhorn_iters=3"]
+# "++": the keys may be in tiny_birq.yaml or not (hydra's "+" fails on a key the file sets)
+BALANCED = ["++model.enhanced_selection=argmax", "++model.enhanced_sinkhorn_iters=3"]
+# the paper's selection (a hard Gumbel sample, no balancing), pinned whatever the defaults are
+GUMBEL = ["++model.enhanced_selection=gumbel", "++model.enhanced_sinkhorn_iters=0"]
 VARIANTS: "OrderedDict[str, List[str]]" = OrderedDict([
-    # the paper's settings as the defaults had them: cosine / 0.1 logits, hard Gumbel sample
-    ("literal", []),
+    # the paper's settings as the defaults had them: layer norm, cosine / 0.1 logits, hard Gumbel
+    # sample, no balancing (pinned with "++", so it keeps its meaning whatever the defaults)
+    ("literal", GUMBEL + ["++model.enhanced_feature_norm=layer", "++model.similarity_temp=0.1"]),
     # the lead: argmax forward on Sinkhorn-balanced logits, Gumbel-softmax gradient backward
     ("argmax_sinkhorn", BALANCED),
     # ... with z^(k) instance-normed over time per utterance (data2vec, DinoSR)
-    ("argmax_sinkhorn_instance", BALANCED + ["+model.enhanced_feature_norm=instance"]),
+    ("argmax_sinkhorn_instance", BALANCED + ["++model.enhanced_feature_norm=instance"]),
     # ... with BEST-RQ's 8192-entry codebooks for both streams
     ("argmax_sinkhorn_8192", BALANCED + ["model.enhanced_codebook_size=8192", "model.anchor_codebook_size=8192"]),
     # ... with one conv-subsampling pass shared by the generator and the main pass (the Conformer
     # cost lever of examples/benchmarks: masking after the subsampling)
-    ("argmax_sinkhorn_shared", BALANCED + ["+model.mask_after_subsampling=true"]),
+    ("argmax_sinkhorn_shared", BALANCED + ["++model.mask_after_subsampling=true"]),
     # the paper's selection (Gumbel sample) with a softer cosine logit, between 0.1 (collapse) and 0.5 (noise)
-    ("cos02", ["+model.similarity_temp=0.2"]),
+    ("cos02", GUMBEL + ["++model.similarity_temp=0.2"]),
     # instance norm alone, Gumbel sample at tau_c = 0.2
-    ("instance_cos02", ["+model.enhanced_feature_norm=instance", "+model.similarity_temp=0.2"]),
+    ("instance_cos02", GUMBEL + ["++model.enhanced_feature_norm=instance", "++model.similarity_temp=0.2"]),
     # the paper's lr 1e-4 (fairseq's Adam = AdamW), the upper level switched on after the lr warm-up
-    ("lr1e4_warmup", ["optimization.lr=[0.0001]", "+criterion.enhanced_start_updates={WARMUP}"]),
+    ("lr1e4_warmup", GUMBEL + ["optimization.lr=[0.0001]", "++criterion.enhanced_start_updates={WARMUP}"]),
     # the baseline the label gradient is measured against
-    ("stopgrad", ["+model.enhanced_label_grad=false"]),
+    ("stopgrad", GUMBEL + ["++model.enhanced_label_grad=false"]),
 ])
 
 
@@ -87,10 +91,15 @@ def corpus_dir() -> Path:
     return S.REPO / "data" / f"tts_{CORPUS_PRESET}"
 
 
-def aligner(out: Path, updates: int, threads: int) -> Path:
+# The aligner is shared by every run, whatever its length: its settings must not depend on --updates
+# (the preset's pretraining fields enter the init stage's signature; 30 k is what it was built with).
+ALIGNER_PRESET_UPDATES = 30000
+
+
+def aligner(out: Path, threads: int) -> Path:
     """Supervised CTC on all labelled utterances from the seeded init (the probe's aligner)."""
-    pipe = P.Pipeline(out / "aligner", preset(updates), corpus_dir(), CORPUS_PRESET, seed=1, threads=threads,
-                      systems=("none",))
+    pipe = P.Pipeline(out / "aligner", preset(ALIGNER_PRESET_UPDATES), corpus_dir(), CORPUS_PRESET, seed=1,
+                      threads=threads, systems=("none",))
     pipe.corpus()
     return pipe.finetune("topline", pipe.pretrain("none"))
 
@@ -100,7 +109,7 @@ def variant_overrides(name: str, updates: int) -> List[str]:
 
 
 def run(out: Path, name: str, seed: int, updates: int, threads: int) -> dict:
-    align = aligner(out, updates, threads)
+    align = aligner(out, threads)
     pipe = P.Pipeline(out / f"{name}_seed{seed}", preset(updates), corpus_dir(), CORPUS_PRESET, seed=seed,
                       threads=threads, birq_overrides=variant_overrides(name, updates), systems=("none", "birq"),
                       aligner=align)
