@@ -2,9 +2,13 @@
 
 No timing thresholds: only that measurements are made, ratios come from the measured
 times, FLOP counts are positive and reproducible, and the JSON / table / plot get built.
+The benchmark's model shapes are checked against the recipes (examples/pretrain/*.yaml) read
+independently here, and the ratio / load aggregation against synthetic timings.
 """
 
+import dataclasses
 import json
+import math
 import os
 import sys
 
@@ -16,8 +20,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "examples", "benchmarks"))
 
 import bench_lib as B  # noqa: E402
+import gpu_check as G  # noqa: E402
 import label_pipeline as LP  # noqa: E402
 import run as R  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from birq_fairseq.models.birq import BirqConfig  # noqa: E402
+
+PRETRAIN_DIR = os.path.join(REPO, "examples", "pretrain")
 
 TINY = dict(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
             conv_channels=8, conv_pos=8, conv_pos_groups=2, anchor_codebook_size=64,
@@ -53,7 +63,178 @@ def test_ratio_stats_uses_measured_times():
     r = B.ratio_stats(times, "a", "ref")
     assert r["ratio"] == pytest.approx(2.0)  # median of 2, 2, 1.5
     assert r["ratio_of_medians"] == pytest.approx(3.0 / 2.0)
-    assert (r["ratio_min"], r["ratio_max"]) == (1.5, 2.0)
+    assert (r["ratio_min"], r["ratio_max"], r["rounds"]) == (1.5, 2.0, 3)
+    with pytest.raises(ValueError):  # per-round ratios need the rounds of both sides
+        B.ratio_stats({"a": [1.0, 2.0], "ref": [1.0]}, "a", "ref")
+
+
+# --------------------------------------------------------------------------- the recipes' shapes
+def yaml_model(recipe, **changes):
+    """A recipe's model as BirqConfig kwargs, read here without the benchmark's loader: every field's
+    dataclass default, then the YAML's ``model:`` values, then ``changes``."""
+    out = {}
+    for f in dataclasses.fields(BirqConfig):
+        if f.name == "_name" or f.name == "fp16":
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out[f.name] = list(default) if isinstance(default, tuple) else default
+    section = OmegaConf.to_container(OmegaConf.load(os.path.join(PRETRAIN_DIR, f"{recipe}.yaml")).model)
+    section.pop("_name")
+    assert set(section) <= set(out), f"{recipe}: fields BirqConfig lacks: {set(section) - set(out)}"
+    out.update(section)
+    out.update(changes)
+    return out
+
+
+def differences(bench, recipe):
+    return {k: (recipe.get(k, "<absent>"), bench.get(k, "<absent>"))
+            for k in set(bench) | set(recipe) if k != "fp16" and bench.get(k, "<absent>") != recipe.get(k, "<absent>")}
+
+
+@pytest.mark.parametrize("shape", ["tiny", "base", "conformer"])
+def test_benchmark_shapes_are_the_recipes(shape):
+    """Fails when a recipe and the benchmark's shape disagree beyond the stated benchmark changes."""
+    recipe, changes = B.SHAPE_RECIPES[shape]
+    assert B.SHAPES[shape] == R.SHAPES[shape]
+    assert differences(B.SHAPES[shape], yaml_model(recipe, **changes)) == {}
+    assert B.SHAPES[shape]["fp16"] is False  # BENCH_CHANGES: fp32 on the CPU
+    assert set(changes) <= {"encoder_layerdrop"}, "a new benchmark change: say why in bench_lib.SHAPE_RECIPES"
+
+
+@pytest.mark.parametrize("shape, layers, k", [("tiny", 4, 3), ("base", 12, 8), ("conformer", 10, 7)])
+def test_benchmark_shapes_run_the_papers_k_and_tau(shape, layers, k):
+    over = B.system_overrides(B.SHAPES[shape], "birq")
+    assert over["encoder_layers"] == layers and B.enhanced_layer(over) == k  # round(0.7 L)
+    assert tuple(over["gumbel_temp"]) == (0.5, 0.5, 1.0)  # tau = 0.5 held fixed
+
+
+@pytest.mark.parametrize("shape", sorted(B.BESTRQ_RECIPES))
+def test_bestrq_rows_are_the_bestrq_recipes(shape):
+    _, changes = B.SHAPE_RECIPES[shape]
+    bench = B.system_overrides(B.SHAPES[shape], "bestrq")
+    assert differences(bench, yaml_model(B.BESTRQ_RECIPES[shape], **changes)) == {}
+
+
+def test_every_plan_and_the_gpu_check_use_the_recipe_shapes():
+    for quick in (True, False):
+        p = R.plan(quick)
+        for name, shape, *_ in p["tput"]:
+            assert shape is B.SHAPES[name], name
+        assert {name for name, *_ in p["paper_memory"]} <= set(B.SHAPES)
+    assert G.plan(True)["birq"] is B.SHAPES["tiny"] and G.plan(False)["birq"] is B.SHAPES["base"]
+
+
+def test_one_build_system_and_no_imports_from_tests():
+    sources = {name: open(os.path.join(REPO, "examples", "benchmarks", name)).read()
+               for name in ("gpu_check.py", "run.py", "label_pipeline.py")}
+    for name, source in sources.items():
+        assert '"tests"' not in source and "audio_fixtures" not in source, name
+        assert "def build_system" not in source, name  # bench_lib.build_system is the one
+    assert "TINY_BIRQ" not in sources["gpu_check.py"]
+
+
+def test_tiny_rows_report_the_recipes_k_and_tau():
+    plan = dict(PLAN, tput=[("tiny", B.SHAPES["tiny"], 1, 0.5, 2, ["bestrq", "birq"])])
+    rows = {r["variant"]: r for r in R.part2_throughput(plan, log=lambda *_: None)}
+    birq = rows["birq"]
+    assert (birq["recipe"], birq["L"], birq["k"], birq["gumbel_temp"]) == ("tiny_birq", 4, 3, [0.5, 0.5, 1.0])
+    assert birq["step_target"] == pytest.approx(1 + 3 / 4 + R.STEP_SLACK) and birq["rounds"] == 2
+    lo, hi = birq["birq_over_bestrq_range"]
+    assert lo <= birq["birq_over_bestrq"] <= hi
+    lo, hi = birq["mm_fraction_range"]
+    assert 0 < lo <= hi
+    assert rows["bestrq"]["gumbel_temp"] is None and rows["bestrq"]["birq_over_bestrq_range"] is None
+
+
+# --------------------------------------------------------------------------- ratios with their noise
+def fake_interleaved(monkeypatch, costs, load):
+    """interleaved() over runners whose 'time' is cost x the load of the round they run in."""
+    calls = []
+
+    def runner(name):
+        def run():
+            calls.append(name)
+            return costs[name] * load[(len(calls) - 1) // len(costs)]
+        return run
+
+    monkeypatch.setattr(B, "timed", lambda fn: fn())
+    times = B.interleaved({name: runner(name) for name in costs}, rounds=len(load), warmup=0)
+    return times, calls
+
+
+def test_interleaved_rounds_cancel_load_drift(monkeypatch):
+    """Load that changes from round to round hits both sides of a round: the per-round ratios are the
+    true ratio, while the ratio of medians is off and would be the only figure without rounds."""
+    load = [1.0, 3.0, 1.2, 2.5, 1.1]
+    times, calls = fake_interleaved(monkeypatch, {"birq": 1.5, "bestrq": 1.0}, load)
+    assert calls == ["birq", "bestrq", "bestrq", "birq"] * 2 + ["birq", "bestrq"]  # A B, B A, ...
+    r = B.ratio_stats(times, "birq", "bestrq")
+    assert r["ratio"] == pytest.approx(1.5) and r["ratio_min"] == pytest.approx(1.5)
+    assert r["ratio_max"] == pytest.approx(1.5) and r["rounds"] == 5
+
+
+def test_spread_is_min_max_of_per_round_ratios():
+    # round 3 was disturbed on one side only: the median holds, the spread shows it
+    times = {"birq": [1.5, 1.5, 3.0, 1.6, 1.4], "bestrq": [1.0, 1.0, 1.0, 1.0, 1.0]}
+    r = B.ratio_stats(times, "birq", "bestrq")
+    assert r["ratio"] == pytest.approx(1.5) and (r["ratio_min"], r["ratio_max"]) == pytest.approx((1.4, 3.0))
+    assert B.fmt_spread(r["ratio"], [r["ratio_min"], r["ratio_max"]]) == "1.500 [1.400-3.000]"
+    assert B.fmt_spread(2.0, None, 2) == "2.00" and B.fmt_spread(None, [1, 2]) == "-"
+
+
+def test_part1_rows_carry_the_spread_of_synthetic_rounds():
+    times = {"bestrq_L2": [1.0, 2.0, 1.0], "birq_L2_k1": [1.5, 2.6, 1.6], "birq_nograd_L2_k1": [1.2, 2.4, 1.1]}
+    memory = {name: {"step_peak_delta_bytes": 100} for name in times}
+    rows = {r["config"]: r for r in R.summarize_part1({"times": times}, memory, PLAN)}
+    r = rows["birq_L2_k1"]
+    assert r["step_ratio"] == pytest.approx(1.5) and r["step_ratio_range"] == pytest.approx([1.3, 1.6])
+    assert r["rounds"] == 3
+    assert rows["birq_nograd_L2_k1"]["step_ratio_range"] == pytest.approx([1.1, 1.2])
+
+
+def test_paper_rows_keep_part2s_spread():
+    row = {"model": "base", "variant": "birq", "L": 12, "k": 8, "params": 1, "birq_over_bestrq": 1.5,
+           "birq_over_bestrq_range": [1.4, 1.7], "rounds": 3, "flop_ratio": 1.6, "step_target": 1.717,
+           "step_pass": True}
+    paper = R.summarize_paper([row], {})
+    assert paper[0]["step_ratio"] == 1.5 and paper[0]["step_ratio_range"] == [1.4, 1.7]
+    assert "1.500 [1.400-1.700]" in R.tables({"paper": paper})
+
+
+def samples(*points):
+    return [B.load_sample(at, elapsed, [load, load, load]) for at, elapsed, load in points]
+
+
+def test_load_marking_rule():
+    # issue 17's two runs on 2 CPUs with 1 benchmark thread: idle 0.9 -> 1.0 over 484 s; loaded up to 2.7
+    idle = B.load_verdict(samples(("start", 0, 0.9), ("end", 484, 1.0)), cpus=2, threads=1)
+    assert idle["threshold"] == 1.0 and not idle["under_load"]
+    assert idle["max_other_load"] == pytest.approx(0.9)  # at the end ~all of 1.0 is the benchmark's own
+    loaded = B.load_verdict(samples(("start", 0, 0.9), ("before part 2", 200, 2.7), ("end", 484, 1.4)),
+                            cpus=2, threads=1)
+    assert loaded["under_load"]
+    own = 1 - math.exp(-200 / 60)
+    assert loaded["max_other_load"] == pytest.approx(2.7 - own)
+    assert [s["at"] for s in loaded["samples"]] == ["start", "before part 2", "end"]
+    # at the start none of the load is the benchmark's: 1.2 on 2 CPUs is another busy thread and more
+    assert B.load_verdict(samples(("start", 0, 1.2)), cpus=2, threads=1)["under_load"]
+    # the same load on 16 CPUs is idle
+    assert not B.load_verdict(samples(("start", 0, 6.0), ("end", 600, 7.0)), cpus=16, threads=1)["under_load"]
+    assert "UNDER LOAD" in B.fmt_load(loaded) and "UNDER LOAD" not in B.fmt_load(idle)
+
+
+def test_run_records_the_load_in_json_and_table(tmp_path, monkeypatch, capsys):
+    """main() with no parts: the load samples, the verdict, the schema; a load pinned high marks the run."""
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # main() sets it: restore
+    monkeypatch.setattr(B.os, "getloadavg", lambda: (50.0, 40.0, 30.0))
+    res = R.main(["--parts", "", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "latest.json").read_text())
+    assert saved["schema"] == "birq-bench/3" and saved["under_load"] is True
+    assert [s["at"] for s in saved["load"]["samples"]] == ["start", "end"]
+    assert saved["load"]["bench_threads"] == 1 and saved["load"]["cpus"] == os.cpu_count()
+    assert saved["machine"]["loadavg_start"] == [50.0, 40.0, 30.0] and res["load"]["under_load"]
+    out = capsys.readouterr().out
+    assert "Machine load: UNDER LOAD" in out and ": UNDER LOAD)" in out
 
 
 def test_interleaved_runs_every_runner_every_round():

@@ -2,24 +2,19 @@
 w1 = 0.1, w2 = 2.4 (gamma = w2 / w1 = 24), Gumbel tau = 0.5 held fixed, k = round(0.7 L)."""
 
 import os
+import sys
 
 import pytest
-from omegaconf import OmegaConf
 
 from birq_fairseq.criterions.birq_criterion import BirqCriterion, BirqCriterionConfig
 from birq_fairseq.models.birq import BirqConfig, BirqModel, resolve_enhanced_layer
 from conftest import REPO, tiny_model_overrides
 
 PRETRAIN_DIR = os.path.join(REPO, "examples", "pretrain")
+sys.path.insert(0, PRETRAIN_DIR)
+from pretrain_recipes import load_recipe, load_section  # noqa: E402  (shared with the benchmarks)
+
 BIRQ_CONFIGS = ["tiny_birq", "base_birq_librispeech", "conformer_birq_librispeech"]
-
-
-def load_section(config_name, section, dataclass):
-    """A config file's section merged into its dataclass, as fairseq populates it."""
-    raw = OmegaConf.load(os.path.join(PRETRAIN_DIR, f"{config_name}.yaml"))[section]
-    raw = {k: v for k, v in OmegaConf.to_container(raw).items() if k != "_name"}
-    base = OmegaConf.structured(dataclass(fp16=False) if dataclass is BirqConfig else dataclass())
-    return OmegaConf.to_object(OmegaConf.merge(base, raw))
 
 
 def test_dataclass_defaults_are_the_papers():
@@ -52,7 +47,7 @@ def test_every_birq_config_uses_the_papers_settings(config_name):
 
 def test_conformer_recipe_mirrors_the_papers_librispeech_setting():
     model_cfg = load_section("conformer_birq_librispeech", "model", BirqConfig)
-    raw = OmegaConf.load(os.path.join(PRETRAIN_DIR, "conformer_birq_librispeech.yaml"))
+    raw = load_recipe("conformer_birq_librispeech")
     assert model_cfg.layer_type == "conformer" and model_cfg.encoder_layers == 10
     assert resolve_enhanced_layer(model_cfg) == 7  # "layer 7 of 10"
     assert raw.optimization.lr == [0.0001] and raw.optimizer._name == "adam" and raw.optimizer.weight_decay > 0

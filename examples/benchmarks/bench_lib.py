@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import math
 import os
 import statistics
 import sys
@@ -18,11 +19,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+PRETRAIN_DIR = os.path.join(REPO, "examples", "pretrain")
+for _path in (REPO, PRETRAIN_DIR):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 from birq_fairseq.criterions.birq_criterion import BirqCriterion, BirqCriterionConfig  # noqa: E402
-from birq_fairseq.models.birq import BirqConfig, BirqModel  # noqa: E402
+from birq_fairseq.models.birq import BirqConfig, BirqModel, resolve_enhanced_layer  # noqa: E402
+from pretrain_recipes import section_dict  # noqa: E402
 
 SAMPLE_RATE = 16000
 
@@ -38,26 +42,43 @@ SMALL = dict(
     mask_prob=0.4, mask_length=10, dropout=0.1, attention_dropout=0.1,
     encoder_layerdrop=0.0,
 )
-# examples/pretrain/tiny_birq.yaml's model.
-TINY = dict(
-    encoder_layers=4, encoder_embed_dim=96, encoder_ffn_embed_dim=192, encoder_attention_heads=4,
-    conv_channels=16, conv_pos=16, conv_pos_groups=4, dropout=0.0, attention_dropout=0.0,
-    mask_prob=0.4, mask_length=5, anchor_codebook_size=256, enhanced_codebook_size=256,
-    enhanced_layer=2, gumbel_temp=(2.0, 0.5, 0.995),
-)
-# examples/pretrain/base_birq_librispeech.yaml's model (12 x 768, V=8192, k = round(0.7 L) = 8,
-# the paper's depth), layerdrop 0 so every step runs the same layers (timing, FLOP count), fp32 (CPU).
-BASE = dict(
-    encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12,
-    conv_channels=128, conv_pos=64, conv_pos_groups=16, encoder_layerdrop=0.0, dropout_input=0.1,
-    mask_prob=0.4, mask_length=10,
-    anchor_codebook_size=8192, enhanced_codebook_size=8192, enhanced_layer=8,
-)
-# The paper's LibriSpeech model, examples/pretrain/conformer_birq_librispeech.yaml's: a 10-layer
-# Conformer (768, FFN 3072, 8 heads, relative positions, ESPnet attention), ~155M parameters;
-# k = round(0.7 x 10) = 7.
-CONFORMER = dict(BASE, layer_type="conformer", pos_enc_type="rel_pos", attn_type="espnet", encoder_layers=10,
-                 encoder_attention_heads=8, activation_dropout=0.1, enhanced_layer=7)
+# The shapes of the recipes, read from examples/pretrain/*.yaml into BirqConfig as
+# fairseq-hydra-train reads them (pretrain_recipes.section_dict: every field, the recipe's values
+# over the dataclass's defaults), so k = round(0.7 L) and the Gumbel temperature are the recipe's.
+# Only the benchmark's own changes are made here, each stated:
+BENCH_CHANGES = dict(fp16=False)  # every shape: fp32 (a CPU measurement; the GPU check sets its precision itself)
+SHAPE_RECIPES = {
+    # name: (recipe, changes on top of BENCH_CHANGES)
+    "tiny": ("tiny_birq", {}),
+    # layerdrop 0 (recipe 0.05) so every step runs the same layers (timing, FLOP count)
+    "base": ("base_birq_librispeech", dict(encoder_layerdrop=0.0)),
+    # the paper's 10-layer Conformer (setting C2): layerdrop already 0 in the recipe
+    "conformer": ("conformer_birq_librispeech", {}),
+}
+# The BEST-RQ recipe of a shape: the BiRQ recipe with the enhanced stream off (tests/test_benchmarks.py).
+BESTRQ_RECIPES = {"tiny": "tiny_bestrq", "base": "base_bestrq_librispeech"}
+
+
+def recipe_shape(name: str) -> dict:
+    """BirqConfig keyword arguments of benchmark shape ``name``: its recipe's model plus the stated changes."""
+    recipe, changes = SHAPE_RECIPES[name]
+    return section_dict(recipe, "model", BirqConfig, **dict(BENCH_CHANGES, **changes))
+
+
+# examples/pretrain/tiny_birq.yaml's model: 4 x 96, k = round(0.7 x 4) = 3, tau = 0.5 fixed.
+TINY = recipe_shape("tiny")
+# base_birq_librispeech.yaml's: 12 x 768, V = 8192, k = round(0.7 x 12) = 8 (the paper's depth).
+BASE = recipe_shape("base")
+# conformer_birq_librispeech.yaml's, the paper's LibriSpeech model: a 10-layer Conformer (768,
+# FFN 3072, 8 heads, relative positions, ESPnet attention), ~155M parameters; k = round(0.7 x 10) = 7.
+CONFORMER = recipe_shape("conformer")
+SHAPES = {"tiny": TINY, "base": BASE, "conformer": CONFORMER}
+
+
+def enhanced_layer(overrides: dict) -> int:
+    """k of a shape: its enhanced_layer, or round(0.7 L) when unset (as BirqModel resolves it)."""
+    return resolve_enhanced_layer(BirqConfig(**overrides))
+
 
 VARIANTS = {
     "bestrq": dict(enhanced_stream=False),
@@ -66,11 +87,38 @@ VARIANTS = {
 }
 
 
+# BiRQ variants: the label-generator levers (model config switches), where this BirqModel has them.
+LEVERS = {"birq+shared_subsampling": dict(mask_after_subsampling=True),
+          "birq+ckpt_generator": dict(enhanced_checkpoint_activations=True),
+          "birq+both": dict(mask_after_subsampling=True, enhanced_checkpoint_activations=True)}
+
+
 def model_overrides(base: dict, variant: str, **extra) -> dict:
     over = dict(base)
     over.update(VARIANTS[variant])
     over.update(extra)
     return over
+
+
+def system_overrides(shape: dict, system: str) -> dict:
+    """BirqConfig keyword arguments of a BiRQ-family system (a variant or a lever) at a shape."""
+    if system in LEVERS:
+        return model_overrides(shape, "birq", **LEVERS[system])
+    return model_overrides(shape, system)
+
+
+def build_system(system: str, shape: dict, baseline_overrides: Optional[dict] = None):
+    """(model, criterion, optimizer, sample transform) of one system at one shape: a BiRQ-family
+    system (``VARIANTS`` or ``LEVERS``) at ``shape``, or fairseq's wav2vec 2.0 / HuBERT, always their
+    base recipes (baselines.py) plus ``baseline_overrides[system]``. Used by run.py and gpu_check.py."""
+    if system in ("wav2vec2", "hubert"):
+        import baselines as BL  # fairseq's models: imported only when a baseline is measured
+
+        over = (baseline_overrides or {}).get(system)
+        if system == "wav2vec2":
+            return (*BL.build_wav2vec2(over), lambda s: s)
+        return (*BL.build_hubert(over), BL.add_hubert_labels)
+    return (*build(system_overrides(shape, system)), lambda s: s)
 
 
 def build(overrides: dict, seed: int = 0, lr: float = 1e-4):
@@ -137,10 +185,68 @@ def median(xs: Sequence[float]) -> float:
 
 
 def ratio_stats(times: Dict[str, List[float]], name: str, ref: str) -> dict:
-    """Median of per-round ratios (noise common to a round cancels) and ratio of medians."""
+    """Side-by-side ratio name / ref with its noise, from per-round times of ``interleaved``.
+
+    ``ratio`` = median of the per-round ratios (load common to a round cancels), ``ratio_min`` /
+    ``ratio_max`` = their spread over the ``rounds`` rounds; ``ratio_of_medians`` for comparison."""
+    if len(times[name]) != len(times[ref]) or not times[name]:
+        raise ValueError(f"{name} and {ref} need the same, non-zero number of rounds "
+                         f"({len(times[name])} vs {len(times[ref])})")
     per_round = [a / b for a, b in zip(times[name], times[ref])]
     return {"ratio": median(per_round), "ratio_of_medians": median(times[name]) / median(times[ref]),
-            "ratio_min": min(per_round), "ratio_max": max(per_round)}
+            "ratio_min": min(per_round), "ratio_max": max(per_round), "rounds": len(per_round)}
+
+
+def fmt_spread(value: Optional[float], spread: Optional[Sequence[float]], digits: int = 3) -> str:
+    """"1.549 [1.502-1.601]": a median with its min-max over the rounds ("-" when there is no value)."""
+    if value is None:
+        return "-"
+    if not spread:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{spread[0]:.{digits}f}-{spread[1]:.{digits}f}]"
+
+
+# --------------------------------------------------------------------------- machine load
+# A run is marked "under load" when, at any of its load samples, the 1-minute load average minus
+# the benchmark's own share exceeds this fraction of the CPUs (on 2 CPUs: more than one other
+# busy thread). The benchmark's own share is its threads x (1 - exp(-elapsed / 60 s)): the kernel's
+# 1-minute average is an exponential average, so at the start sample (elapsed ~ 0) none of it is
+# the benchmark's, and after a few minutes all of its threads are.
+LOAD_OTHER_FRACTION = 0.5
+
+
+def load_sample(at: str, elapsed_s: float, loadavg: Optional[Sequence[float]] = None) -> dict:
+    """One reading of the load averages (1, 5, 15 min) at a named point of the run."""
+    return {"at": at, "elapsed_s": float(elapsed_s),
+            "loadavg": [float(x) for x in (os.getloadavg() if loadavg is None else loadavg)]}
+
+
+def load_verdict(samples: Sequence[dict], cpus: int, threads: int,
+                 fraction: float = LOAD_OTHER_FRACTION) -> dict:
+    """Whether a run was taken under load, from its load samples (``load_sample``); see LOAD_OTHER_FRACTION."""
+    threshold = fraction * cpus
+    others = []
+    for s in samples:
+        own = threads * (1.0 - math.exp(-s["elapsed_s"] / 60.0))
+        others.append(max(0.0, s["loadavg"][0] - own))
+    worst = max(others) if others else None
+    return {"samples": [dict(s, other_load=o) for s, o in zip(samples, others)],
+            "cpus": cpus, "bench_threads": threads, "threshold": threshold,
+            "max_other_load": worst, "under_load": worst is not None and worst > threshold,
+            "rule": f"under load if, at any sample, the 1-min load average minus the benchmark's own "
+                    f"threads x (1 - exp(-elapsed/60 s)) exceeds {fraction:g} x CPUs = {threshold:g}"}
+
+
+def fmt_load(load: dict) -> str:
+    """One line for the printed tables: the load samples and the verdict."""
+    trail = " -> ".join(f"{s['loadavg'][0]:.2f} ({s['at']})" for s in load["samples"])
+    head = ("UNDER LOAD: timings and ratios are not for conclusions; re-run on an idle machine"
+            if load["under_load"] else "idle enough")
+    worst = load["max_other_load"]
+    worst = "-" if worst is None else f"{worst:.2f}"
+    return (f"Machine load: {head}. 1-min load average {trail}; {load['cpus']} CPUs, "
+            f"{load['bench_threads']} benchmark thread(s); other load at most {worst} vs threshold "
+            f"{load['threshold']:g} ({load['rule']})")
 
 
 # --------------------------------------------------------------------------- FLOPs

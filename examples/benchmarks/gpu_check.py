@@ -35,7 +35,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(REPO, "tests"))  # audio_fixtures: the synthetic corpus
+sys.path.insert(0, os.path.join(REPO, "manifests"))  # synthetic_corpus
 
 import torch  # noqa: E402
 
@@ -43,8 +43,9 @@ import bench_lib as B  # noqa: E402
 
 SCHEMA = "birq-gpu-check/1"
 
-# Tiny shapes of the dry run (the base shapes are bench_lib.BASE and baselines' defaults).
-TINY_BIRQ = dict(B.TINY, encoder_layers=4, enhanced_layer=3, gumbel_temp=(0.5, 0.5, 1.0))
+# BiRQ / BEST-RQ shapes: the recipes' (bench_lib.SHAPES: tiny_birq.yaml's model for the dry run,
+# base_birq_librispeech.yaml's on the GPU, k = round(0.7 L)). wav2vec 2.0 and HuBERT: baselines'
+# base recipes on the GPU, shrunk for the dry run:
 TINY_HUBERT = dict(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
                    conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2", final_dim=16,
                    conv_pos=16, conv_pos_groups=4)
@@ -59,11 +60,12 @@ def plan(cpu: bool) -> dict:
         return dict(device="cpu", utts=8, min_s=1.0, max_s=2.0, max_tokens=64000, updates=2,
                     configs={"birq": "tiny_birq", "bestrq": "tiny_bestrq"},
                     train_overrides=TINY_TRAIN + ["common.fp16_no_flatten_grads=true"],  # no CUDA device to flatten on
-                    birq=TINY_BIRQ, w2v=TINY_W2V, hubert=TINY_HUBERT, batch=(2, 1.0), warmup=1, rounds=2, steps=1)
+                    birq=B.SHAPES["tiny"], w2v=TINY_W2V, hubert=TINY_HUBERT, batch=(2, 1.0), warmup=1, rounds=2,
+                    steps=1)
     # Per-GPU batch of the base recipes: max_tokens 1.4M samples = 87.5 s of audio.
     return dict(device="cuda", utts=48, min_s=8.0, max_s=15.0, max_tokens=1400000, updates=8,
                 configs={"birq": "base_birq_librispeech", "bestrq": "base_bestrq_librispeech"},
-                train_overrides=[], birq=dict(B.BASE, enhanced_layer=8), w2v={}, hubert={}, batch=(6, 15.0),
+                train_overrides=[], birq=B.SHAPES["base"], w2v={}, hubert={}, batch=(6, 15.0),
                 warmup=3, rounds=5, steps=2)
 
 
@@ -108,7 +110,7 @@ def train_run(p, name, precision, data, save_dir, updates, log_path) -> dict:
 
 
 def train_runs(p, work, log) -> dict:
-    from audio_fixtures import write_manifest
+    from synthetic_corpus import write_manifest
 
     data = os.path.join(work, "corpus")
     write_manifest(data, "train", p["utts"], seed=0, min_seconds=p["min_s"], max_seconds=p["max_s"])
@@ -131,16 +133,6 @@ def train_runs(p, work, log) -> dict:
 
 
 # --------------------------------------------------------------------------- 2. in-process timing
-def build_system(p, system):
-    import baselines as BL
-
-    if system == "wav2vec2":
-        return BL.build_wav2vec2(p["w2v"]), lambda s: s
-    if system == "hubert":
-        return BL.build_hubert(p["hubert"]), BL.add_hubert_labels
-    return B.build(B.model_overrides(p["birq"], system)), lambda s: s
-
-
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -203,7 +195,8 @@ def timing(p, precision, systems, log) -> dict:
     dtype = DTYPES[precision]
     built, losses, memory = {}, {}, {}
     for system in systems:
-        (model, criterion, _), prepare = build_system(p, system)
+        model, criterion, _, prepare = B.build_system(system, p["birq"],
+                                                      {"wav2vec2": p["w2v"], "hubert": p["hubert"]})
         model, criterion = model.to(device=device, dtype=dtype), criterion.to(dtype=dtype)  # as fairseq's Trainer
         optimizer = fairseq_optimizer([x for x in model.parameters() if x.requires_grad], precision, device)
         sample = to_device(prepare(base_sample), device, dtype)
@@ -235,14 +228,18 @@ def timing(p, precision, systems, log) -> dict:
         step = B.median(times[s])
         row = {"system": s, "params": built[s][1], "step_s": step, "audio_s_per_s": batch * seconds / step,
                "step_mem_bytes": memory.get(s), "losses_finite": all(math.isfinite(x) for x in losses[s])}
-        if s != "bestrq":
-            row["step_ratio_vs_bestrq"] = B.ratio_stats(times, s, "bestrq")["ratio"]
+        if s != "bestrq":  # ratios: median and [min, max] over the interleaved rounds
+            r = B.ratio_stats(times, s, "bestrq")
+            row["step_ratio_vs_bestrq"] = r["ratio"]
+            row["step_ratio_vs_bestrq_range"] = [r["ratio_min"], r["ratio_max"]]
             if memory.get(s) and memory.get("bestrq"):
                 row["mem_ratio_vs_bestrq"] = memory[s] / memory["bestrq"]
         if "wav2vec2" in times and s != "wav2vec2":
-            row["speed_vs_wav2vec2"] = B.ratio_stats(times, "wav2vec2", s)["ratio"]
+            r = B.ratio_stats(times, "wav2vec2", s)
+            row["speed_vs_wav2vec2"] = r["ratio"]
+            row["speed_vs_wav2vec2_range"] = [r["ratio_min"], r["ratio_max"]]
         rows.append(row)
-    k, L = p["birq"]["enhanced_layer"], p["birq"]["encoder_layers"]
+    k, L = B.enhanced_layer(p["birq"]), p["birq"]["encoder_layers"]
     return {"precision": precision, "batch": batch, "seconds": seconds, "k": k, "L": L,
             "step_target": 1 + k / L + 0.05, "mem_target": 1 + k / L, "rows": rows,
             "all_losses_finite": all(math.isfinite(x) for x in losses_last)}

@@ -208,12 +208,12 @@ def prepare_corpus(work, data_dir, train_utts):
             if not os.path.exists(os.path.join(data_dir, f"{split}.tsv")):
                 raise FileNotFoundError(f"--data {data_dir}: no {split}.tsv")
         return os.path.abspath(data_dir), "given"
-    sys.path.insert(0, os.path.join(REPO, "tests"))
-    from audio_fixtures import write_manifest
+    sys.path.insert(0, os.path.join(REPO, "manifests"))
+    from synthetic_corpus import write_manifest
     corpus = os.path.join(work, "corpus")
     write_manifest(corpus, "train", train_utts, seed=1, min_seconds=2.0, max_seconds=4.0)
     write_manifest(corpus, "valid", 4, seed=2, min_seconds=2.0, max_seconds=4.0)
-    return corpus, "synthetic (tests/audio_fixtures.write_manifest)"
+    return corpus, "synthetic (manifests/synthetic_corpus.write_manifest)"
 
 
 def run_label_pipeline(work, data_dir=None, updates=20, train_utts=48, clusters=(100, 100), n_init=3,

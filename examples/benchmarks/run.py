@@ -3,7 +3,11 @@
 
     .venv/bin/python examples/benchmarks/run.py [--quick] [--data MANIFEST_DIR] [--parts 1,2,3,4,5]
 
-Prints tables, writes examples/benchmarks/results/latest.json and latest.png.
+Prints tables, writes examples/benchmarks/results/latest.json and latest.png. Every side-by-side
+ratio comes from interleaved rounds (A B, B A, ...) and is reported as the median of the per-round
+ratios with its min-max over the rounds; the load average is sampled at the start, before each part
+and at the end, and a run taken under load is marked (bench_lib.load_verdict; README "Reading the
+ratios"). The model shapes are the recipes' (bench_lib.SHAPE_RECIPES).
 
 1. step time and step memory: BiRQ (layer k of L) and BiRQ without label gradient vs
    BEST-RQ, same model and batch, interleaved rounds, median of per-round ratios; memory
@@ -38,17 +42,17 @@ import torch  # noqa: E402
 import bench_lib as B  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
+# birq-bench/3: every side-by-side ratio with its spread over the rounds (*_range, rounds), the load
+# samples and the under-load mark ("load", "under_load"), the recipe and tau of the part 2 rows.
+SCHEMA = "birq-bench/3"
 STEP_SLACK = 0.05
 # Audio-seconds-per-second speed-ups over fairseq's wav2vec 2.0 that the 12 x 768 rows must reach.
 SPEED_TARGETS = {"bestrq": 3.5, "birq": 2.0}
-# BiRQ variants: the label-generator levers (model config switches), where this BirqModel has them.
-LEVERS = {"birq+shared_subsampling": dict(mask_after_subsampling=True),
-          "birq+ckpt_generator": dict(enhanced_checkpoint_activations=True),
-          "birq+both": dict(mask_after_subsampling=True, enhanced_checkpoint_activations=True)}
+LEVERS = B.LEVERS  # BiRQ's label-generator levers (model config switches)
 TINY_SYSTEMS = ["bestrq", "birq"]
 PAPER_SYSTEMS = ["bestrq", "birq", "birq+shared_subsampling", "birq+ckpt_generator"]  # "+both": part 1 only
 BASE_SYSTEMS = ["wav2vec2", "hubert", *PAPER_SYSTEMS]
-SHAPES = {"tiny": B.TINY, "base": B.BASE, "conformer": B.CONFORMER}
+SHAPES = B.SHAPES  # tiny, base, conformer: the recipes' models (bench_lib.SHAPE_RECIPES)
 
 
 def available(systems):
@@ -61,30 +65,11 @@ def available(systems):
     return [s for s in systems if s not in LEVERS or set(LEVERS[s]) <= names]
 
 
-def system_overrides(shape: dict, system: str) -> dict:
-    if system in LEVERS:
-        return B.model_overrides(shape, "birq", **LEVERS[system])
-    return B.model_overrides(shape, system)
-
-
-def build_system(system: str, shape: dict, baseline_overrides: dict = None):
-    """(model, criterion, optimizer, sample transform) of one system at one shape. fairseq's
-    wav2vec 2.0 and HuBERT are always their base recipes (plus ``baseline_overrides[system]``)."""
-    if system in ("wav2vec2", "hubert"):
-        import baselines as BL
-
-        over = (baseline_overrides or {}).get(system)
-        if system == "wav2vec2":
-            return (*BL.build_wav2vec2(over), lambda s: s)
-        return (*BL.build_hubert(over), BL.add_hubert_labels)
-    return (*B.build(system_overrides(shape, system)), lambda s: s)
-
-
 def plan(quick: bool) -> dict:
     if quick:
         return dict(quick=True,
             ratio_grid=[(4, 2)], nograd_k={4: 2}, lever_grid=[(4, 2)], ratio_batch=(2, 2.0), ratio_rounds=3,
-            tput=[("tiny", B.TINY, 2, 4.0, 3, TINY_SYSTEMS), ("base", B.BASE, 1, 2.0, 1, BASE_SYSTEMS)],
+            tput=[("tiny", SHAPES["tiny"], 2, 4.0, 3, TINY_SYSTEMS), ("base", SHAPES["base"], 1, 2.0, 1, BASE_SYSTEMS)],
             paper_memory=[("base", 1, 2.0)], paper_memory_steps=(1, 1),
             label_updates=3, label_utts=8, scale_len=[2.0, 4.0], scale_batch=[1, 2], scale_rounds=2,
         )
@@ -92,10 +77,11 @@ def plan(quick: bool) -> dict:
         quick=False, ratio_grid=[(4, 1), (4, 2), (4, 3), (8, 1), (8, 4), (8, 6), (8, 7)], nograd_k={4: 2, 8: 4},
         lever_grid=[(4, 1), (4, 3), (8, 1), (8, 6)],  # k = 1 and k = round(0.7 L), with each lever
         ratio_batch=(4, 4.0), ratio_rounds=15,
-        # (name, shape, batch, seconds, rounds, systems): base = the paper's depth k = round(0.7 L) = 8
-        # of 12, next to fairseq's wav2vec 2.0 and HuBERT; conformer = the paper's 10-layer model, k=7.
-        tput=[("tiny", B.TINY, 2, 8.0, 5, TINY_SYSTEMS), ("base", B.BASE, 1, 8.0, 3, BASE_SYSTEMS),
-              ("conformer", B.CONFORMER, 1, 8.0, 2, PAPER_SYSTEMS)],
+        # (name, shape, batch, seconds, rounds, systems): the shapes are the recipes' models (tiny: k = 3
+        # of 4; base: the paper's depth k = round(0.7 L) = 8 of 12, next to fairseq's wav2vec 2.0 and
+        # HuBERT; conformer: the paper's 10-layer model, k = 7); batch and length are the benchmark's.
+        tput=[("tiny", SHAPES["tiny"], 2, 8.0, 5, TINY_SYSTEMS), ("base", SHAPES["base"], 1, 8.0, 3, BASE_SYSTEMS),
+              ("conformer", SHAPES["conformer"], 1, 8.0, 2, PAPER_SYSTEMS)],
         # part 5: step memory at the paper's settings (shape name, batch, seconds), 1 warm-up + 1 step
         paper_memory=[("base", 1, 8.0), ("conformer", 1, 8.0)], paper_memory_steps=(1, 1),
         label_updates=50, label_utts=96, scale_len=[2.0, 4.0, 8.0, 16.0], scale_batch=[1, 2, 4, 8],
@@ -183,7 +169,7 @@ def summarize_part1(step: dict, memory: dict, p: dict) -> list:
             "config": name, "L": L, "k": k, "label_grad": "nograd" not in name,
             "lever": next((lever for lever in LEVERS if name.startswith(lever + "_")), None),
             "step_s": B.median(step["times"][name]), "bestrq_step_s": B.median(step["times"][ref]),
-            "step_ratio": r["ratio"], "step_ratio_range": [r["ratio_min"], r["ratio_max"]],
+            "step_ratio": r["ratio"], "step_ratio_range": [r["ratio_min"], r["ratio_max"]], "rounds": r["rounds"],
             "flop_ratio": step["flops"][name] / step["flops"][ref] if "flops" in step else None,
             "irreducible": irreducible, "step_target": irreducible + STEP_SLACK,
             "step_pass": r["ratio"] <= irreducible + STEP_SLACK,
@@ -203,7 +189,7 @@ def part2_throughput(p, log) -> list:
         base_sample = B.make_sample(batch, seconds)
         built, samples, flops = {}, {}, {}
         for v in systems:
-            model, crit, opt, prepare = build_system(v, shape, p.get("baseline_overrides"))
+            model, crit, opt, prepare = B.build_system(v, shape, p.get("baseline_overrides"))
             built[v], samples[v] = (model, crit, opt), prepare(base_sample)
             # The warm-up step of each system is the FLOP-counted step.
             flops[v] = B.count_step_flops(model, crit, opt, samples[v], seed=0)
@@ -215,31 +201,36 @@ def part2_throughput(p, log) -> list:
         times = B.interleaved(runners, rounds=rounds, warmup=0)
         times.pop("matmul")
         mm_rate = B.median(mm_rates)  # per round: best of 3 torch.mm; median over rounds
-        L, k = shape["encoder_layers"], shape["enhanced_layer"]
+        L, k = shape["encoder_layers"], B.enhanced_layer(shape)
+        recipe = B.SHAPE_RECIPES[name][0] if shape == SHAPES.get(name) else None
         for v in systems:
             step = B.median(times[v])
+            # per round: this step's FLOP rate / the torch.mm rate of the same round
+            fractions = [flops[v] / t / mm for t, mm in zip(times[v], mm_rates)]
             row = {
-                "model": name, "variant": v, "batch": batch, "seconds": seconds,
+                "model": name, "recipe": recipe, "variant": v, "batch": batch, "seconds": seconds, "rounds": rounds,
                 "params": sum(x.numel() for x in built[v][0].parameters()),
                 "step_s": step, "audio_s_per_s": batch * seconds / step,
                 "step_flops": flops[v], "flops_per_audio_s": flops[v] / (batch * seconds),
                 "flop_rate": flops[v] / step, "matmul_rate": mm_rate, "mm_fraction": flops[v] / step / mm_rate,
+                "mm_fraction_range": [min(fractions), max(fractions)],
                 "target_mm_fraction": 0.25 if name == "base" else None,
                 "pass": (flops[v] / step / mm_rate >= 0.25) if name == "base" else None,
-                "birq_over_bestrq": None, "flop_ratio": None, "L": L, "k": k,
+                "birq_over_bestrq": None, "birq_over_bestrq_range": None, "flop_ratio": None, "L": L, "k": k,
+                "gumbel_temp": list(B.BirqConfig(**shape).gumbel_temp) if v.startswith("birq") else None,
                 "step_target": 1 + k / L + STEP_SLACK, "step_pass": None,
-                "speed_vs_wav2vec2": None, "speed_target": None, "speed_pass": None,
+                "speed_vs_wav2vec2": None, "speed_vs_wav2vec2_range": None, "speed_target": None, "speed_pass": None,
             }
             if v.startswith("birq") and "bestrq" in systems:
-                ratio = B.ratio_stats(times, v, "bestrq")["ratio"]
-                row.update(birq_over_bestrq=ratio, flop_ratio=flops[v] / flops["bestrq"],
-                           step_pass=ratio <= 1 + k / L + STEP_SLACK)
+                r = B.ratio_stats(times, v, "bestrq")
+                row.update(birq_over_bestrq=r["ratio"], birq_over_bestrq_range=[r["ratio_min"], r["ratio_max"]],
+                           flop_ratio=flops[v] / flops["bestrq"], step_pass=r["ratio"] <= 1 + k / L + STEP_SLACK)
             if "wav2vec2" in systems:
                 # same audio: the ratio of step times is the ratio of audio seconds per second
-                speed = B.ratio_stats(times, "wav2vec2", v)["ratio"]
+                r = B.ratio_stats(times, "wav2vec2", v)
                 target = SPEED_TARGETS.get(v) if name == "base" else None
-                row.update(speed_vs_wav2vec2=speed, speed_target=target,
-                           speed_pass=(speed >= target) if target else None)
+                row.update(speed_vs_wav2vec2=r["ratio"], speed_vs_wav2vec2_range=[r["ratio_min"], r["ratio_max"]],
+                           speed_target=target, speed_pass=(r["ratio"] >= target) if target else None)
             rows.append(row)
         del built, runners
     return rows
@@ -251,7 +242,7 @@ def part5_memory(p, log) -> dict:
     configs = {}
     for shape_name, batch, seconds in p["paper_memory"]:
         for v in available(PAPER_SYSTEMS):
-            configs[f"{shape_name}:{v}"] = dict(overrides=system_overrides(SHAPES[shape_name], v),
+            configs[f"{shape_name}:{v}"] = dict(overrides=B.system_overrides(SHAPES[shape_name], v),
                                                 batch=batch, seconds=seconds)
     if not configs:
         return {}
@@ -269,7 +260,9 @@ def summarize_paper(throughput: list, memory: dict) -> list:
         ref = memory.get(f"{r['model']}:bestrq")
         mem_ratio = mem["step_peak_delta_bytes"] / ref["step_peak_delta_bytes"] if mem and ref else None
         rows.append({"model": r["model"], "variant": r["variant"], "L": r["L"], "k": r["k"],
-                     "params": r["params"], "step_ratio": r["birq_over_bestrq"], "flop_ratio": r["flop_ratio"],
+                     "params": r["params"], "step_ratio": r["birq_over_bestrq"],
+                     "step_ratio_range": r.get("birq_over_bestrq_range"), "rounds": r.get("rounds"),
+                     "flop_ratio": r["flop_ratio"],
                      "step_target": r["step_target"], "step_pass": r["step_pass"],
                      "mem_step_bytes": mem["step_peak_delta_bytes"] if mem else None,
                      "bestrq_mem_step_bytes": ref["step_peak_delta_bytes"] if ref else None,
@@ -360,43 +353,55 @@ def fmt_bytes(n):
 
 def tables(res) -> str:
     out = []
+    if res.get("load"):
+        out.append(B.fmt_load(res["load"]))
+        out.append("")
     if "step" in res:
         out.append("Part 1: step time and step memory vs BEST-RQ (same model & batch; "
                    f"small model D=256, batch {res['step']['batch']}x{res['step']['seconds']:g}s; "
-                   "median of per-round ratios)")
-        out.append("| config | L | k | label grad | step s | BEST-RQ s | step ratio | FLOP ratio | 1+k/L | step target | "
-                   "step-mem | BEST-RQ step-mem | mem ratio | pass (step/mem) |")
+                   f"step ratio = median [min-max] of the per-round ratios over {res['step'].get('rounds', '?')} "
+                   "interleaved rounds)")
+        out.append("| config | L | k | label grad | step s | BEST-RQ s | step ratio [spread] | FLOP ratio | 1+k/L | "
+                   "step target | step-mem | BEST-RQ step-mem | mem ratio | pass (step/mem) |")
         out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in res["step"]["rows"]:
             flop = f"{r['flop_ratio']:.3f}" if r.get("flop_ratio") else "-"
             out.append(f"| {r['config']} | {r['L']} | {r['k']} | {'yes' if r['label_grad'] else 'no'} | "
-                       f"{r['step_s']:.3f} | {r['bestrq_step_s']:.3f} | {r['step_ratio']:.3f} | {flop} | "
+                       f"{r['step_s']:.3f} | {r['bestrq_step_s']:.3f} | "
+                       f"{B.fmt_spread(r['step_ratio'], r.get('step_ratio_range'))} | {flop} | "
                        f"{r['irreducible']:.3f} | <= {r['step_target']:.3f} | {fmt_bytes(r['mem_step_bytes'])} | "
                        f"{fmt_bytes(r['bestrq_mem_step_bytes'])} | {r['mem_ratio']:.3f} | "
                        f"{'PASS' if r['step_pass'] else 'FAIL'}/{'PASS' if r['mem_pass'] else 'FAIL'} |")
     if "throughput" in res:
         out.append("")
         out.append("Part 2: throughput and FLOP rate (FLOPs of one step / step time, vs this process's "
-                   "fp32 2048^3 torch.mm rate); same audio for every system of a model shape, interleaved")
-        out.append("| model | variant | params | batch | step s | audio s/s | GFLOP/step | GFLOP/s | mm GFLOP/s | "
-                   "fraction of mm | BiRQ/BEST-RQ step (FLOPs) vs target | speed vs wav2vec 2.0 (target) |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+                   "fp32 2048^3 torch.mm rate); same audio for every system of a model shape, interleaved; "
+                   "ratios and fractions = median [min-max] over the shape's rounds")
+        out.append("| model | variant | params | batch | rounds | step s | audio s/s | GFLOP/step | GFLOP/s | "
+                   "mm GFLOP/s | "
+                   "fraction of mm [spread] | BiRQ/BEST-RQ step [spread] (FLOPs) vs target | "
+                   "speed vs wav2vec 2.0 [spread] (target) |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in res["throughput"]:
-            frac = f"{100 * r['mm_fraction']:.1f}%"
+            spread = r.get("mm_fraction_range")
+            frac = B.fmt_spread(100 * r["mm_fraction"], [100 * x for x in spread] if spread else None, 1) + "%"
             if r["pass"] is not None:
                 frac += " PASS" if r["pass"] else " FAIL (target 25%)"
             ratio = ""
             if r["birq_over_bestrq"]:
-                ratio = (f"{r['birq_over_bestrq']:.3f} ({r['flop_ratio']:.3f}) vs <= {r['step_target']:.3f} "
-                         f"(k={r['k']}/L={r['L']}) {'PASS' if r['step_pass'] else 'FAIL'}")
+                tau = f", tau={r['gumbel_temp'][0]:g}" if r.get("gumbel_temp") else ""
+                ratio = (f"{B.fmt_spread(r['birq_over_bestrq'], r.get('birq_over_bestrq_range'))} "
+                         f"({r['flop_ratio']:.3f}) vs <= {r['step_target']:.3f} "
+                         f"(k={r['k']}/L={r['L']}{tau}) {'PASS' if r['step_pass'] else 'FAIL'}")
             speed = ""
             if r.get("speed_vs_wav2vec2") is not None:
-                speed = f"{r['speed_vs_wav2vec2']:.2f}x"
+                speed = B.fmt_spread(r["speed_vs_wav2vec2"], r.get("speed_vs_wav2vec2_range"), 2) + "x"
                 if r.get("speed_target"):
                     speed += f" (>= {r['speed_target']:g}x) {'PASS' if r['speed_pass'] else 'FAIL'}"
             out.append(f"| {r['model']} | {r['variant']} | {r['params'] / 1e6:.1f}M | {r['batch']}x{r['seconds']:g}s | "
-                       f"{r['step_s']:.2f} | {r['audio_s_per_s']:.2f} | {r['step_flops'] / 1e9:.1f} | "
-                       f"{r['flop_rate'] / 1e9:.2f} | {r['matmul_rate'] / 1e9:.1f} | {frac} | {ratio} | {speed} |")
+                       f"{r.get('rounds', '-')} | {r['step_s']:.2f} | {r['audio_s_per_s']:.2f} | "
+                       f"{r['step_flops'] / 1e9:.1f} | {r['flop_rate'] / 1e9:.2f} | {r['matmul_rate'] / 1e9:.1f} | "
+                       f"{frac} | {ratio} | {speed} |")
     if "labels" in res:
         lab = res["labels"]
         out.append("")
@@ -412,7 +417,8 @@ def tables(res) -> str:
                    f"{fmt_bytes(lab['hubert_disk_bytes'])} |")
         out.append(f"| **BiRQ total** | {lab['birq_total_seconds']:.1f} | 0 (labels on the fly) |")
         out.append(f"| **BiRQ / HuBERT** | {lab['ratio_birq_to_hubert']:.3f} "
-                   f"{'PASS' if lab['ratio_birq_to_hubert'] <= 0.6 else 'FAIL'} (target <= 0.6) | |")
+                   f"{'PASS' if lab['ratio_birq_to_hubert'] <= 0.6 else 'FAIL'} (target <= 0.6; one run of "
+                   "each, one after the other: no spread) | |")
     if "scaling" in res:
         out.append("")
         out.append(f"Part 4: scaling and where the step goes ({res['scaling']['model']}; seconds, median)")
@@ -430,14 +436,15 @@ def tables(res) -> str:
         out.append("Part 5: the paper's settings, k = round(0.7 L): BiRQ (and the label-generator levers) vs "
                    "BEST-RQ, same model shape and batch (step: part 2's interleaved rounds; memory: one step's "
                    "peak RSS above the RSS before it, fresh process)")
-        out.append("| model | variant | L | k | params | step ratio | FLOP ratio | step target | mem ratio | "
+        out.append("| model | variant | L | k | params | step ratio [spread] | FLOP ratio | step target | mem ratio | "
                    "mem target | step-mem | BEST-RQ step-mem | pass (step/mem) |")
         out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in res["paper"]:
             mem = f"{r['mem_ratio']:.3f}" if r["mem_ratio"] else "-"
             mem_pass = "-" if r["mem_pass"] is None else ("PASS" if r["mem_pass"] else "FAIL")
             out.append(f"| {r['model']} | {r['variant']} | {r['L']} | {r['k']} | {r['params'] / 1e6:.1f}M | "
-                       f"{r['step_ratio']:.3f} | {r['flop_ratio']:.3f} | <= {r['step_target']:.3f} | {mem} | "
+                       f"{B.fmt_spread(r['step_ratio'], r.get('step_ratio_range'))} | {r['flop_ratio']:.3f} | "
+                       f"<= {r['step_target']:.3f} | {mem} | "
                        f"<= {r['mem_target']:.3f} | {fmt_bytes(r['mem_step_bytes']) if r['mem_step_bytes'] else '-'} | "
                        f"{fmt_bytes(r['bestrq_mem_step_bytes']) if r['bestrq_mem_step_bytes'] else '-'} | "
                        f"{'PASS' if r['step_pass'] else 'FAIL'}/{mem_pass} |")
@@ -478,6 +485,12 @@ def plot(res, path):
             if sel:
                 ax.scatter([r["k"] / r["L"] for r in sel], [r["step_ratio"] for r in sel], marker=marker,
                            label=f"step, {'BiRQ' if grad else 'BiRQ no label grad'}")
+                ranged = [r for r in sel if r.get("step_ratio_range")]
+                if ranged:  # min-max of the per-round ratios
+                    ax.errorbar([r["k"] / r["L"] for r in ranged], [r["step_ratio"] for r in ranged],
+                                yerr=[[r["step_ratio"] - r["step_ratio_range"][0] for r in ranged],
+                                      [r["step_ratio_range"][1] - r["step_ratio"] for r in ranged]],
+                                fmt="none", ecolor="0.5", elinewidth=0.8, capsize=2)
                 ax.scatter([r["k"] / r["L"] for r in sel], [r["mem_ratio"] for r in sel], marker=marker,
                            facecolors="none", edgecolors="C3",
                            label=f"memory, {'BiRQ' if grad else 'BiRQ no label grad'}")
@@ -486,7 +499,8 @@ def plot(res, path):
         ax.plot(xs, [1 + x + STEP_SLACK for x in xs], "k--", label="step target 1 + k/L + 0.05")
         ax.set_xlabel("k / L")
         ax.set_ylabel("ratio to BEST-RQ")
-        ax.set_title("Part 1: cost of the enhanced stream")
+        ax.set_title("Part 1: cost of the enhanced stream (bars: min-max over rounds)"
+                     + (" [UNDER LOAD]" if res.get("load", {}).get("under_load") else ""))
         ax.legend(fontsize=7)
     if "throughput" in res:
         ax = axes[0][1]
@@ -558,38 +572,44 @@ def main(argv=None):
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     p = plan(args.quick)
     t0 = time.perf_counter()
+    loads = [B.load_sample("start", 0.0)]
 
     def log(msg):
         print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
 
+    def part_start(name, msg):  # a load sample at every part's start (see bench_lib.load_verdict)
+        loads.append(B.load_sample(f"before {name}", time.perf_counter() - t0))
+        log(msg)
+
     res = {
-        "schema": "birq-bench/2",
+        "schema": SCHEMA,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "examples/benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "quick": args.quick,
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "cpus": os.cpu_count(), "loadavg_start": list(os.getloadavg())},
+                    "cpus": os.cpu_count(), "loadavg_start": loads[0]["loadavg"]},
     }
     if 1 in parts:
-        log("part 1: step time / memory ratios")
+        part_start("part 1", "part 1: step time / memory ratios")
         step = part1_step(p, log)
         memory = part1_memory(p, log)
         step["rows"] = summarize_part1(step, memory, p)
         step["memory"] = memory
         res["step"] = step
     if 2 in parts:
-        log("part 2: throughput and FLOP rate, against fairseq's wav2vec 2.0 and HuBERT, at the paper's shapes")
+        part_start("part 2", "part 2: throughput and FLOP rate, against fairseq's wav2vec 2.0 and HuBERT, "
+                   "at the paper's shapes")
         res["throughput"] = part2_throughput(p, log)
         res["cost"] = {"rows": cost_at_scale(res["throughput"]), "mfu": MFU, "h100_bf16_peak": H100_BF16_PEAK,
                        "hours": HOURS, "epochs": EPOCHS, "published": published_budgets(res["throughput"])}
     if 5 in parts:
-        log("part 5: step memory at the paper's settings (k = round(0.7 L))")
+        part_start("part 5", "part 5: step memory at the paper's settings (k = round(0.7 L))")
         res["paper_memory"] = part5_memory(p, log)
         if "throughput" in res:
             res["paper"] = summarize_paper(res["throughput"], res["paper_memory"])
     if 3 in parts:
-        log("part 3: label pipeline, HuBERT 2 iterations vs BiRQ")
+        part_start("part 3", "part 3: label pipeline, HuBERT 2 iterations vs BiRQ")
         from label_pipeline import cleanup, run_label_pipeline
         work = tempfile.mkdtemp(prefix="birq_bench_labels_")
         try:
@@ -599,9 +619,12 @@ def main(argv=None):
             if not args.keep_work:
                 cleanup(work)
     if 4 in parts:
-        log("part 4: scaling")
+        part_start("part 4", "part 4: scaling")
         res["scaling"] = part4_scaling(p, log)
-    res["machine"]["loadavg_end"] = list(os.getloadavg())
+    loads.append(B.load_sample("end", time.perf_counter() - t0))
+    res["machine"]["loadavg_end"] = loads[-1]["loadavg"]
+    res["load"] = B.load_verdict(loads, cpus=os.cpu_count() or 1, threads=torch.get_num_threads())
+    res["under_load"] = res["load"]["under_load"]
     res["wall_seconds"] = time.perf_counter() - t0
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, "latest.json")
@@ -611,7 +634,8 @@ def main(argv=None):
     print()
     print(tables(res))
     print(f"\nwrote {json_path} and {png_path} in {res['wall_seconds']:.0f} s "
-          f"(load average {res['machine']['loadavg_start'][0]:.1f} -> {res['machine']['loadavg_end'][0]:.1f})")
+          f"(load average {res['machine']['loadavg_start'][0]:.1f} -> {res['machine']['loadavg_end'][0]:.1f}"
+          f"{': UNDER LOAD' if res['under_load'] else ''})")
     return res
 
 
