@@ -363,7 +363,7 @@ def test_committed_results_md_is_what_the_report_makes_from_the_committed_summar
 def test_paths_recorded_elsewhere_become_repository_relative():
     cmd = ("fairseq-hydra-train --config-dir examples/pretrain task.data=/work/main/data/tts_large "
            "checkpoint.save_dir=/tmp/ci-clone/results_runs/x common.user_dir=/home/u/birq/birq_fairseq")
-    assert R.repo_relative(cmd) == ("fairseq-hydra-train --config-dir examples/pretrain task.data=data/tts_large "
+    assert S.repo_relative(cmd) == ("fairseq-hydra-train --config-dir examples/pretrain task.data=data/tts_large "
                                     "checkpoint.save_dir=results_runs/x common.user_dir=birq_fairseq")
 
 

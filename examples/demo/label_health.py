@@ -108,16 +108,28 @@ def variant_overrides(name: str, updates: int) -> List[str]:
     return [o.replace("{WARMUP}", str(max(updates // 10, 1))) for o in VARIANTS[name]]
 
 
-def run(out: Path, name: str, seed: int, updates: int, threads: int) -> dict:
-    align = aligner(out, threads)
-    pipe = P.Pipeline(out / f"{name}_seed{seed}", preset(updates), corpus_dir(), CORPUS_PRESET, seed=seed,
+def pipeline(out: Path, name: str, seed: int, updates: int, threads: int, align: Path) -> P.Pipeline:
+    return P.Pipeline(out / f"{name}_seed{seed}", preset(updates), corpus_dir(), CORPUS_PRESET, seed=seed,
                       threads=threads, birq_overrides=variant_overrides(name, updates), systems=("none", "birq"),
                       aligner=align)
+
+
+def run(out: Path, name: str, seed: int, updates: int, threads: int) -> dict:
+    pipe = pipeline(out, name, seed, updates, threads, aligner(out, threads))
     pipe.pretrain("none")  # update 0 of the probe curve: the same seeded initialisation
     pipe.pretrain("birq")
-    probe = pipe.probe(PROBE_SPLIT)["birq"]
+    pipe.probe(PROBE_SPLIT)
+    return write_summary(pipe, name, seed, updates)
+
+
+def write_summary(pipe: P.Pipeline, name: str, seed: int, updates: int) -> dict:
+    """The committed summary of a run whose pretraining and probe stages are finished (read
+    from its run directory; runs nothing)."""
+    pretrain, probe = pipe.stages.load("pretrain_birq") or {}, pipe.stages.load(f"probe_birq_{PROBE_SPLIT}") or {}
+    if pretrain.get("status") != "done" or "result" not in probe:
+        raise SystemExit(f"label_health: {pipe.out} has no finished pretraining and probe: run it first")
     summary = summarise(name, seed, updates, S.parse_fairseq_log(pipe.out / "pretrain" / "birq" / "train.log"),
-                        probe, pipe.stages.load("pretrain_birq") or {})
+                        probe["result"], pretrain)
     SUMMARY_DIR.mkdir(parents=True, exist_ok=True)
     path = SUMMARY_DIR / f"{name}_seed{seed}.json"
     path.write_text(json.dumps(summary, indent=1) + "\n")
@@ -132,13 +144,14 @@ CURVE_KEYS = ("anchor_loss", "anchor_acc", "anchor_code_ppl", "enhanced_loss", "
 
 def summarise(name: str, seed: int, updates: int, log: Dict[str, List[dict]], probe: List[dict],
               marker: dict) -> dict:
-    train = [r for r in log["train_inner"] if "num_updates" in r]
+    train = [r for r in log["train"] if "num_updates" in r]
     curves = OrderedDict((k, [r.get(k) for r in train]) for k in ("num_updates",) + CURVE_KEYS)
     probe_rows = [OrderedDict(
         num_updates=p.get("num_updates"),
         **{f"{s}_{m}": p["streams"][s][m] for s in ("anchor", "enhanced") if s in p.get("streams", {})
            for m in ("pnmi", "pnmi_chance", "char_purity", "code_perplexity")}) for p in probe]
     return OrderedDict(variant=name, seed=seed, updates=updates, overrides=variant_overrides(name, updates),
+                       command=S.repo_relative(marker.get("command", "")),
                        corpus=CORPUS_PRESET, probe_split=PROBE_SPLIT, curves=curves, probe=probe_rows,
                        health=health(curves, probe_rows),
                        timing={k: marker.get(k) for k in ("wall_seconds", "cpu_seconds")},
@@ -241,6 +254,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(S.REPO / "results_runs" / "label_health"))
     p.add_argument("--list", action="store_true")
     p.add_argument("--report", action="store_true")
+    p.add_argument("--summarise-only", action="store_true",
+                   help="rewrite the runs' summaries from their finished stages (runs nothing)")
     args = p.parse_args(argv)
     if args.list:
         for name in VARIANTS:
@@ -252,7 +267,11 @@ def main(argv=None) -> int:
         p.error(str(e))
     out = Path(args.out).resolve()
     for name, seed in runs:
-        run(out, name, seed, args.updates, args.threads)
+        if args.summarise_only:
+            write_summary(pipeline(out, name, seed, args.updates, args.threads, out / "aligner"), name, seed,
+                          args.updates)
+        else:
+            run(out, name, seed, args.updates, args.threads)
     if args.report or runs:
         print(report())
     return 0

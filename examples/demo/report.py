@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections import OrderedDict
 from pathlib import Path
 from string import Template
 from typing import Dict, List, Sequence, Tuple
 
 from pipeline import SYSTEM_LABELS, SYSTEMS, TABLE_ROWS, TEST_SETS
-from stages import REPO, curve, parse_fairseq_log
+from stages import REPO, curve, parse_fairseq_log, repo_relative
 
 def wer_table(results: Dict[str, Dict[str, dict]], metric: str = "wer") -> str:
     """Markdown table: rows no pretraining / BEST-RQ / BiRQ, columns seen / unseen.
@@ -252,16 +251,6 @@ def ratio_rows(results) -> List[str]:
 
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "RESULTS.md"
-# An absolute path up to the repository's own top-level folders, whatever checkout recorded it.
-_CHECKOUT_PREFIX = re.compile(r"(?<![\w.])/(?:[^\s/]+/)*?(?=(?:birq_fairseq|data|results_runs|demo_runs|examples)(?:/|\s|$))")
-
-
-def repo_relative(text: str) -> str:
-    """Paths recorded by a run on some machine, made relative to its checkout, so a report
-    does not depend on where the run happened or where the report is made."""
-    return _CHECKOUT_PREFIX.sub("", text)
-
-
 def merge_seeds(seed_runs) -> "OrderedDict[str, OrderedDict[str, list]]":
     """{system: {test set: [decode result per seed]}} from per-seed summaries."""
     merged = OrderedDict()

@@ -411,3 +411,13 @@ def stage_identity(stages: Stages, name: str):
     if "finished_at" not in m:  # markers written before finished_at existed
         return m.get("signature")
     return [m.get("signature"), m["finished_at"]]
+
+
+# An absolute path up to the repository's own top-level folders, whatever checkout recorded it.
+_CHECKOUT_PREFIX = re.compile(r"(?<![\w.])/(?:[^\s/]+/)*?(?=(?:birq_fairseq|data|results_runs|demo_runs|examples)(?:/|\s|$))")
+
+
+def repo_relative(text: str) -> str:
+    """Paths recorded by a run on some machine, made relative to its checkout, so a report
+    does not depend on where the run happened or where the report is made."""
+    return _CHECKOUT_PREFIX.sub("", text)
