@@ -1,4 +1,4 @@
-"""``python -m birq_fairseq wer ...`` (see ``birq_fairseq/cli.py``)."""
+"""``python -m birq_fairseq COMMAND ...``: the ``birq-fairseq`` command line (see ``birq_fairseq/cli.py``)."""
 
 import sys
 

@@ -19,16 +19,23 @@ intact ``checkpoint_*.pt`` beside it and the override that resumes from it
 update without the user deciding to lose the updates since then
 (docs/troubleshooting.md).
 
-Context-dependent checks (which kind is wanted where) are called by the tasks and
-the command-line tools: :func:`require_finetuned` (decoding),
-:func:`require_pretrained` (``model.w2v_path``), :func:`require_birq` (tools that
-need a BiRQ encoder).
+Context-dependent checks (which kind is wanted where) are called by the tasks and,
+through :mod:`birq_fairseq.loading`, the command-line tools: :func:`require_finetuned`
+(decoding), :func:`require_pretrained` (``model.w2v_path``), :func:`require_birq` (tools
+that need a BiRQ encoder), :func:`require_birq_pretraining` (the probe, which needs the
+pretraining quantizers).
 """
 
 import glob
 import logging
 import os
+import zipfile
 from typing import Optional, Tuple
+
+import torch
+from fairseq import checkpoint_utils
+
+from birq_fairseq.safe_globals import allow_fairseq_checkpoint_globals
 
 logger = logging.getLogger(__name__)
 
@@ -135,15 +142,20 @@ def require_birq(path: str, state: dict) -> None:
                           "from one)")
 
 
+def require_birq_pretraining(path: str, state: dict) -> None:
+    """The probe reads the pretraining quantizers: only a ``birq`` pretraining checkpoint has them."""
+    cfg = state.get("cfg") if isinstance(state, dict) else None
+    model_cfg = cfg.get("model", None) if cfg is not None else None
+    name = model_cfg.get("_name", None) if model_cfg is not None else None
+    if name != "birq":
+        what = "a finetuned checkpoint" if name == "wav2vec_ctc" else f"model {name!r}"
+        raise CheckpointError(f"{path} is {what}, not a BiRQ/BEST-RQ pretraining checkpoint (model 'birq'): the "
+                              "probe reads the pretraining quantizers; pass checkpoint_*.pt of the pretraining run")
+
+
 # --------------------------------------------------------------------------- reading
 def torch_open(path: str):
     """``torch.load`` of ``path`` with safe loading; zip checkpoints are mmapped (the tensors are not read)."""
-    import zipfile
-
-    import torch
-
-    from birq_fairseq.safe_globals import allow_fairseq_checkpoint_globals
-
     allow_fairseq_checkpoint_globals()
     return torch.load(path, map_location="cpu", mmap=zipfile.is_zipfile(path))
 
@@ -227,7 +239,5 @@ def _wrap(load):
 
 def install() -> None:
     """Idempotently wrap ``fairseq.checkpoint_utils.load_checkpoint_to_cpu`` (see the module docstring)."""
-    from fairseq import checkpoint_utils
-
     if not getattr(checkpoint_utils.load_checkpoint_to_cpu, "_birq_wrapped", False):
         checkpoint_utils.load_checkpoint_to_cpu = _wrap(checkpoint_utils.load_checkpoint_to_cpu)

@@ -23,46 +23,19 @@ import os
 from typing import List, Optional, Tuple
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.nn.functional as F
+import tqdm
+
+from birq_fairseq.data.audio import check_manifest
+from birq_fairseq.loading import load_birq_encoder
+from birq_fairseq.modules.frontend import min_samples_for_one_step
 
 logger = logging.getLogger(__name__)
 
-# fairseq's wav2vec_ctc keeps the pretrained encoder here (fairseq/models/wav2vec/wav2vec2_asr.py).
-FINETUNED_ENCODER_PREFIX = "w2v_encoder.w2v_model."
-
 
 # --------------------------------------------------------------------------- the model
-def load_birq_encoder(path: str):
-    """The BiRQ encoder of a pretraining or a finetuned (``wav2vec_ctc``) checkpoint.
-
-    Returns ``(model, task_cfg)``: the :class:`BirqModel` in eval mode on the CPU, its
-    pretraining modules removed (as ``wav2vec_ctc`` does), and the task config it was
-    trained with (``sample_rate``, ``normalize``). Needs no data directory or dictionary.
-    """
-    from fairseq import checkpoint_utils, models
-
-    import birq_fairseq.models  # noqa: F401  (registers `birq`)
-    from birq_fairseq.checkpoints import require_birq
-    from birq_fairseq.safe_globals import allow_fairseq_checkpoint_globals
-
-    allow_fairseq_checkpoint_globals()
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    require_birq(path, state)
-    cfg = state["cfg"]
-    if cfg.model._name == "birq":
-        model = models.build_model(cfg.model, task=None, from_checkpoint=True)
-        model.load_state_dict(state["model"], strict=True)
-        model.remove_pretraining_modules()
-    else:  # finetuned: the encoder's own config is stored in w2v_args
-        model = models.build_model(cfg.model.w2v_args.model, task=None, from_checkpoint=True)
-        model.remove_pretraining_modules()  # before loading: the finetuned state has none of them
-        weights = {k[len(FINETUNED_ENCODER_PREFIX):]: v for k, v in state["model"].items()
-                   if k.startswith(FINETUNED_ENCODER_PREFIX)}
-        model.load_state_dict(weights, strict=True)
-    return model.eval(), cfg.task
-
-
 def check_output_layer(model, output_layer: Optional[int]) -> None:
     """``output_layer`` is 1-based (HuBERT's dump scripts); None is the encoder's final output."""
     num_layers = len(model.encoder.layers)
@@ -81,8 +54,6 @@ class LayerFeatureReader:
 
     def __init__(self, model, task_cfg, output_layer: Optional[int], device: str = "cpu",
                  max_chunk: int = 1_600_000):
-        from birq_fairseq.modules.frontend import min_samples_for_one_step
-
         check_output_layer(model, output_layer)
         if max_chunk <= 0:
             raise ValueError(f"--max-chunk must be > 0, got {max_chunk}")
@@ -94,8 +65,6 @@ class LayerFeatureReader:
         self.max_chunk = max(max_chunk, min_samples_for_one_step(self.sample_rate))
 
     def read_audio(self, path: str, ref_len: Optional[int] = None) -> np.ndarray:
-        import soundfile as sf
-
         try:
             wav, sr = sf.read(path, dtype="float32")
         except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/FileNotFoundError
@@ -139,9 +108,6 @@ def shard_utterances(tsv: str, nshard: int, rank: int, sample_rate: int) -> List
     Every problem of the shard's lines stops with ``tsv:line: path: reason`` before anything
     is written; no line is skipped (labels must stay aligned with the manifest).
     """
-    from birq_fairseq.data.audio import check_manifest
-    from birq_fairseq.modules.frontend import min_samples_for_one_step
-
     with open(tsv) as f:
         root = f.readline().strip()
         lines = [line.rstrip("\n") for line in f]
@@ -232,8 +198,6 @@ def finished_shard(feat_dir: str, split: str, nshard: int, rank: int, num_uttera
 def dump_shard(reader: LayerFeatureReader, utterances: List[Tuple[str, int]], split: str, nshard: int, rank: int,
                feat_dir: str, progress: bool = True) -> Tuple[str, str]:
     """Write one shard (see the module docstring); returns the .npy and .len paths."""
-    import tqdm
-
     feat_path, leng_path = shard_paths(feat_dir, split, nshard, rank)
     os.makedirs(feat_dir, exist_ok=True)
     feats = NpyRowWriter(feat_path + ".partial")

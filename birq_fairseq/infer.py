@@ -40,21 +40,26 @@ import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field, is_dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import editdistance
+import hydra
 import torch
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, OmegaConf
 
 import birq_fairseq  # noqa: F401  registers birq_finetuning (and its config) before hydra composes
 from birq_fairseq.checkpoints import CheckpointError, require_finetuned
 from birq_fairseq.decoding import build_ctc_decoder
-from birq_fairseq.tasks.birq_finetuning import finetuning_task_config
+from birq_fairseq.loading import finetuning_task, load_finetuned_models, read_checkpoint
 
 import fairseq
-from fairseq import checkpoint_utils, progress_bar, tasks, utils
+from fairseq import progress_bar, utils
 from fairseq.data.data_utils import post_process
 from fairseq.dataclass.configs import (
     CheckpointConfig,
@@ -156,8 +161,6 @@ def results_dir(cfg) -> Optional[str]:
     if cfg.decoding.results_path is not None:
         return cfg.decoding.results_path
     if cfg.common_eval.results_path is not None:
-        from hydra.core.hydra_config import HydraConfig
-
         if HydraConfig.initialized():  # the run dir infer.py writes its wer file to
             return HydraConfig.get().runtime.output_dir
         return os.path.join(cfg.common_eval.results_path, str(cfg.dataset.gen_subset))
@@ -173,15 +176,14 @@ class InferenceProcessor:
         self.cfg = cfg
         paths = utils.split_paths(cfg.common_eval.path, separator="\\")
         for path in paths:  # a pretraining / foreign checkpoint: one line naming it and the fix
-            state = checkpoint_utils.load_checkpoint_to_cpu(path)
-            require_finetuned(path, state)
+            state = read_checkpoint(path, require_finetuned)
             if "adapter" in state:
                 raise ValueError(f"{path}: checkpoints with MMS adapters are not supported by birq-fairseq-infer")
             saved_task = state["cfg"].task
             del state  # the weights are read again by load_model_ensemble, as in infer.py
         if OmegaConf.is_missing(cfg, "task") or cfg.task is None:
             raise ValueError("no task: add task=audio_finetuning task.data=DATA (as with fairseq's infer.py)")
-        self.task = tasks.setup_task(finetuning_task_config(cfg.task, saved_task))
+        self.task = finetuning_task(cfg.task, saved_task)
 
         self.models, self.saved_cfg = self.load_model_ensemble(paths)
         self.tgt_dict = self.task.target_dictionary
@@ -231,16 +233,15 @@ class InferenceProcessor:
 
     def load_model_ensemble(self, paths: List[str]):
         arg_overrides = ast.literal_eval(self.cfg.common_eval.model_overrides)
-        models, saved_cfg = checkpoint_utils.load_model_ensemble(
+        models, saved_cfg = load_finetuned_models(
             paths,
+            self.task,
             arg_overrides=arg_overrides,
-            task=self.task,
             suffix=self.cfg.checkpoint.checkpoint_suffix,
             strict=(self.cfg.checkpoint.checkpoint_shard_count == 1),
             num_shards=self.cfg.checkpoint.checkpoint_shard_count,
         )
         for model in models:
-            model.eval()
             self.optimize_model(model)
         return models, saved_cfg
 
@@ -375,9 +376,6 @@ def without_group_package(config_dir: str, config_name: str) -> str:
     primary config and hydra >= 1.1 reads as a package named ``_group_`` (``task=...`` then
     fails with "Could not override 'task'"). The user's file is left untouched.
     """
-    import shutil
-    import tempfile
-
     path = os.path.join(config_dir, config_name + ("" if config_name.endswith(".yaml") else ".yaml"))
     if not os.path.isfile(path):
         return config_dir
@@ -395,9 +393,6 @@ def without_group_package(config_dir: str, config_name: str) -> str:
 
 def cli_main(argv: Optional[List[str]] = None) -> None:
     """Register the configs as infer.py does, then hand the command line to hydra."""
-    import hydra
-    from hydra.core.config_store import ConfigStore
-
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg_name = "infer"
     if "--config-name" in argv[:-1]:

@@ -32,12 +32,22 @@ noise; with ``enhanced_centering`` the running centre is subtracted, as in train
 once) for "PNMI over training" plots.
 """
 
+import json
 import logging
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torchaudio.functional as AF
+from fairseq import utils
+from fairseq.examples.hubert.measure_teacher_quality import comp_norm_mutual_info, comp_purity
+
+from birq_fairseq.checkpoints import require_birq_pretraining, torch_open
+from birq_fairseq.decoding.ctc import compute_emissions
+from birq_fairseq.loading import load_finetuned, load_pretrained_birq
+from birq_fairseq.modules.code_balance import sinkhorn_offset
+from birq_fairseq.modules.frontend import FRAMES_PER_STEP
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +71,6 @@ def joint_distribution(labels: np.ndarray, codes: np.ndarray) -> Tuple[np.ndarra
 
 
 def _hubert_metrics(labels: np.ndarray, codes: np.ndarray) -> Dict[str, float]:
-    from fairseq.examples.hubert.measure_teacher_quality import comp_norm_mutual_info, comp_purity
-
     p_xy, label_values, code_values = joint_distribution(labels, codes)
     _, char_purity = comp_purity(p_xy, axis=0)
     _, cluster_purity = comp_purity(p_xy, axis=1)
@@ -139,8 +147,6 @@ def force_align(emissions: torch.Tensor, target: Sequence[int], blank: int) -> n
     torchaudio's ``forced_align``; raises ValueError when the transcript cannot fit
     (too many tokens, counting repeats, for the frames).
     """
-    import torchaudio.functional as AF
-
     target = torch.as_tensor(list(target), dtype=torch.int32)
     repeats = int((target[1:] == target[:-1]).sum()) if len(target) > 1 else 0
     if len(target) + repeats > emissions.size(0):
@@ -159,16 +165,11 @@ class SplitAlignment:
 
     def __init__(self, aligner: str, data: str, subset: str, device: str = "cpu", batch_size: int = 8,
                  user_dir: Optional[str] = None):
-        from fairseq import utils
-
-        from birq_fairseq.cli import PKG_DIR, load_task_and_models
-        from birq_fairseq.decoding.ctc import compute_emissions
-
         for needed in (f"{subset}.tsv", "dict.ltr.txt"):
             if not os.path.isfile(os.path.join(data, needed)):
                 raise FileNotFoundError(f"{os.path.join(data, needed)} not found (--data {data} --subset {subset})")
         self.aligner, self.subset, self.device, self.batch_size = aligner, subset, torch.device(device), batch_size
-        self.task, models, _, _ = load_task_and_models(aligner, data, user_dir or PKG_DIR, cpu=True)
+        self.task, models, _, _ = load_finetuned(aligner, data, user_dir=user_dir, cpu=True)
         self.task.load_dataset(subset, task_cfg=self.task.cfg)
         self.dataset = self.task.dataset(subset)
         dictionary = self.task.target_dictionary
@@ -202,8 +203,6 @@ class SplitAlignment:
 
     def batches(self) -> Iterable[dict]:
         """The split's batches in manifest order, on the probe's device."""
-        from fairseq import utils
-
         itr = self.task.get_batch_iterator(
             dataset=self.dataset, max_sentences=self.batch_size, ignore_invalid_inputs=False,
             required_batch_size_multiple=1, num_workers=0,
@@ -227,42 +226,12 @@ class SplitAlignment:
 
 
 # --------------------------------------------------------------------------- codes
-def require_birq_pretraining(path: str, state: dict) -> None:
-    """The probe reads the pretraining quantizers: only a ``birq`` pretraining checkpoint has them."""
-    cfg = state.get("cfg") if isinstance(state, dict) else None
-    model_cfg = cfg.get("model", None) if cfg is not None else None
-    name = model_cfg.get("_name", None) if model_cfg is not None else None
-    if name != "birq":
-        what = "a finetuned checkpoint" if name == "wav2vec_ctc" else f"model {name!r}"
-        raise ValueError(f"{path} is {what}, not a BiRQ/BEST-RQ pretraining checkpoint (model 'birq'): the probe "
-                         "reads the pretraining quantizers; pass checkpoint_*.pt of the pretraining run")
-
-
 def check_pretrained_paths(paths: Sequence[str]) -> None:
     """Fail on a missing or wrong checkpoint before any work (reads configs only: tensors are mmapped)."""
-    from birq_fairseq.checkpoints import torch_open  # safe loading that also reads finetuned checkpoints
-
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"pretraining checkpoint not found: {path}")
         require_birq_pretraining(path, torch_open(path))
-
-
-def load_pretrained_birq(path: str):
-    """A ``birq`` pretraining checkpoint with its quantizers: ``(model in eval mode, num_updates)``."""
-    from fairseq import checkpoint_utils, models
-
-    import birq_fairseq.models  # noqa: F401  (registers `birq`)
-
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    require_birq_pretraining(path, state)
-    cfg = state["cfg"]
-    model = models.build_model(cfg.model, task=None, from_checkpoint=True)
-    model.load_state_dict(state["model"], strict=True)
-    history = state.get("optimizer_history") or [{}]
-    num_updates = int(history[-1].get("num_updates", getattr(model, "num_updates", 0)))
-    model.set_num_updates(num_updates)
-    return model.eval(), num_updates
 
 
 def stream_names(model) -> List[str]:
@@ -283,9 +252,6 @@ def frame_codes(model, source: torch.Tensor, padding_mask: Optional[torch.Tensor
     enhanced: ``BirqModel.enhanced_code_logits`` of layers 1..k on the unmasked input);
     tests/test_probe.py checks it against ``forward``'s labels on the masked frames.
     """
-    from birq_fairseq.modules.code_balance import sinkhorn_offset
-    from birq_fairseq.modules.frontend import FRAMES_PER_STEP
-
     if model.anchor_quantizer is None:
         raise ValueError("the model's pretraining modules were removed: the probe needs its quantizers")
     feats, frame_lengths = model.frontend(source, padding_mask)
@@ -386,8 +352,6 @@ def format_result(result: Dict) -> str:
 
 
 def run(args) -> int:
-    import json
-
     results = probe_over_training(args.pretrained, args.aligner, args.data, args.subset, args.device,
                                   args.batch_size)
     for result in results:

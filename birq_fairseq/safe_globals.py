@@ -12,14 +12,13 @@ loading off.
 """
 
 import torch
+from fairseq.data.dictionary import Dictionary
 
 _DONE = False
 
 
 def fairseq_checkpoint_globals():
     """The classes a fairseq finetuned checkpoint needs (currently only ``Dictionary``)."""
-    from fairseq.data.dictionary import Dictionary
-
     return [Dictionary]
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from birq_fairseq.criterions.birq_criterion import BirqCriterion, BirqCriterionConfig, CollapseGuard
-from birq_fairseq.models.birq import BirqConfig, BirqModel, validate_config
+from birq_fairseq.models.birq import BirqConfig, BirqModel
 from birq_fairseq.probe import frame_codes
 from conftest import tiny_model_overrides
 
@@ -79,9 +79,14 @@ def test_argmax_selection_trains_layers_up_to_k_through_the_labels():
     assert sum((a - b).abs().sum() for a, b in zip(with_labels, without)) > 1e-6
 
 
-def test_argmax_with_soft_targets_is_rejected_by_name():
-    with pytest.raises(ValueError, match="enhanced_selection=argmax needs model.enhanced_hard_targets"):
-        validate_config(BirqConfig(**tiny_model_overrides(enhanced_selection="argmax", enhanced_hard_targets=False)))
+def test_soft_targets_are_the_relaxed_sample_whatever_the_selection():
+    model = build(enhanced_selection="argmax", enhanced_hard_targets=False)
+    logits = torch.randn(40, 1, 16)
+    torch.manual_seed(5)
+    soft = model.select_enhanced_labels(logits)
+    torch.manual_seed(5)
+    assert torch.equal(soft, F.gumbel_softmax(logits, tau=model.gumbel_temperature, hard=False))
+    assert not torch.all((soft == 0) | (soft == 1))
 
 
 def test_instance_norm_normalises_each_utterance_over_its_unpadded_frames():
@@ -191,3 +196,17 @@ def test_criterion_feeds_the_guard_in_training_only():
         model.set_num_updates(update)
         crit(model, s)
     assert crit.collapse_guard.warned  # ratio 100: any perplexity is "low"
+
+
+def test_checkpoints_from_before_the_selection_field_keep_the_gumbel_sample(tmp_path):
+    """The default changed to argmax: a checkpoint whose config has no enhanced_selection was
+    trained (and must be probed) with the literal Gumbel sample."""
+    from omegaconf import OmegaConf
+
+    from birq_fairseq.loading import build_birq
+
+    model = build(enhanced_sinkhorn_iters=0)
+    cfg = OmegaConf.create({k: v for k, v in vars(model.cfg).items() if not k.startswith("_")} | {"_name": "birq"})
+    old = OmegaConf.create({k: v for k, v in OmegaConf.to_container(cfg).items() if k != "enhanced_selection"})
+    assert build_birq(old, model.state_dict()).cfg.enhanced_selection == "gumbel"
+    assert build_birq(cfg, model.state_dict()).cfg.enhanced_selection == "argmax"

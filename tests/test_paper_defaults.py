@@ -26,6 +26,9 @@ def test_dataclass_defaults_are_the_papers():
     assert tuple(model_cfg.gumbel_temp) == (0.5, 0.5, 1.0)
     assert model_cfg.enhanced_layer is None and model_cfg.enhanced_label_grad
     assert resolve_enhanced_layer(model_cfg) == 8  # 12 layers
+    # the label generator chosen by the label-health grid (RESULTS.md), not the literal Gumbel sample
+    assert (model_cfg.enhanced_selection, model_cfg.enhanced_sinkhorn_iters) == ("argmax", 3)
+    assert (model_cfg.enhanced_feature_norm, model_cfg.similarity_temp) == ("layer", 0.1)
 
 
 @pytest.mark.parametrize("layers, k", [(1, 1), (2, 1), (4, 3), (5, 4), (6, 4), (10, 7), (12, 8), (24, 17)])
@@ -42,6 +45,7 @@ def test_every_birq_config_uses_the_papers_settings(config_name):
     assert model_cfg.enhanced_layer is None
     assert resolve_enhanced_layer(model_cfg) == round(0.7 * model_cfg.encoder_layers + 1e-9)
     assert tuple(model_cfg.gumbel_temp) == (0.5, 0.5, 1.0)
+    assert (model_cfg.enhanced_selection, model_cfg.enhanced_sinkhorn_iters) == ("argmax", 3)
     assert (crit_cfg.upper_weight, crit_cfg.gamma, crit_cfg.gamma_final) == (0.1, 24.0, None)
 
 

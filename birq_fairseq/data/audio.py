@@ -21,6 +21,7 @@ from typing import List
 import numpy as np
 import soundfile as sf
 import torch
+import torchaudio.functional as AF
 
 from fairseq.data import FileAudioDataset
 
@@ -159,7 +160,6 @@ class CheckedFileAudioDataset(FileAudioDataset):
 
     def postprocess(self, feats, curr_sample_rate):
         if self.resample and curr_sample_rate != self.sample_rate:
-            import torchaudio.functional as AF
             feats = AF.resample(feats, curr_sample_rate, self.sample_rate)
             curr_sample_rate = self.sample_rate
         return super().postprocess(feats, curr_sample_rate)

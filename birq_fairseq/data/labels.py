@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+import soundfile as sf
+
+from .phonemes import PhonemeError, phonemize
+
 PathLike = Union[str, os.PathLike]
 
 WORD_BOUNDARY = "|"
@@ -141,8 +145,6 @@ def inspect_audio(path: PathLike, required_sample_rate: Optional[int] = DEFAULT_
     ``reason`` is ``None`` when valid, otherwise one of :data:`INVALID_REASONS`,
     with a human readable ``detail``.
     """
-    import soundfile as sf
-
     try:
         info = sf.info(str(path))
     except Exception as e:  # soundfile raises RuntimeError/LibsndfileError
@@ -384,23 +386,40 @@ def make_labels(
     write_dict: bool = False,
     check_dict: Optional[PathLike] = None,
     strict_order: bool = False,
+    phonemes: bool = False,
+    write_phoneme_dict: bool = False,
 ) -> Dict[str, object]:
     """Write ``<split>.wrd``/``.ltr`` (and ``dict.ltr.txt``) for a manifest.
 
     ``split`` defaults to the manifest's file name without ``.tsv``. Raises
-    ``ValueError`` naming file and line for any inconsistency.
+    ``ValueError`` naming file and line for any inconsistency. With ``phonemes``, also
+    ``<split>.phn`` (espeak-ng phonemes of each transcript, normalised as described in
+    :mod:`birq_fairseq.data.phonemes`) and, with ``write_dict`` or ``write_phoneme_dict``
+    (which leaves ``dict.ltr.txt`` alone), ``dict.phn.txt``.
     """
     manifest = read_manifest(manifest_path)
     split = split or Path(str(manifest_path)).stem
     symbols = _symbols(check_dict)
     raw = read_transcripts(transcripts_path, manifest, strict_order=strict_order)
     words = [normalize_checked(text, str(transcripts_path), lineno, symbols) for text, lineno in raw]
+    phn_lines = None
+    if phonemes:  # before writing anything: a missing espeak-ng leaves no half-written labels
+        try:
+            phn_lines = [" ".join(p) for p in phonemize(words)]
+        except PhonemeError as e:
+            raise ValueError(f"{transcripts_path}:{raw[e.index][1]}: {e}") from None
     wrd, ltr = write_labels(out_dir, split, words)
     result: Dict[str, object] = {"split": split, "utterances": len(words), "wrd": wrd, "ltr": ltr}
     if write_dict:
         dict_path = os.path.join(str(out_dir), "dict.ltr.txt")
         write_dictionary(dict_path, dictionary_entries(count_letters(words_to_letters(w) for w in words)))
         result["dict"] = dict_path
+    if phn_lines is not None:
+        result["phn"] = os.path.join(str(out_dir), f"{split}.phn")
+        write_lines(result["phn"], phn_lines)
+        if write_dict or write_phoneme_dict:
+            result["phn_dict"] = os.path.join(str(out_dir), "dict.phn.txt")
+            write_dictionary(result["phn_dict"], dictionary_entries(count_letters(phn_lines)))
     return result
 
 

@@ -169,7 +169,8 @@ class LexiconBeamCTCDecoder(_CTCGeneratorBase):
         blank: Optional[int] = None,
     ):
         super().__init__(tgt_dict, blank)
-        try:
+        try:  # here, not at import: only this decoder needs flashlight-text's compiled bindings, and a
+            # broken install must not stop greedy decoding or training, which import this module
             from torchaudio.models.decoder import ctc_decoder
         except Exception as e:  # pragma: no cover - environment problem
             raise ImportError(

@@ -160,21 +160,25 @@ class BirqConfig(FairseqDataclass):
                   "DinoSR's targets: removes the direction all frames share)"},
     )
     enhanced_selection: ENHANCED_SELECTION_CHOICES = field(
-        default="gumbel",
-        metadata={"help": "forward one-hot of the enhanced labels: 'gumbel' = a hard Gumbel-softmax sample "
-                  "(the paper's selection); 'argmax' = the most likely code, with the same Gumbel-softmax "
-                  "gradient backward (straight-through): no sampling noise in the labels"},
+        default="argmax",
+        metadata={"help": "forward one-hot of the enhanced labels: 'argmax' = the most likely code, with the "
+                  "Gumbel-softmax gradient backward (straight-through): no sampling noise in the labels; "
+                  "'gumbel' = a hard Gumbel-softmax sample (the paper's literal selection). With "
+                  "enhanced_sinkhorn_iters=3 the default: the label generator that stays healthy over 30 k "
+                  "updates where the literal one collapses (RESULTS.md, label health)"},
     )
-    # Anti-collapse options beyond the paper (off by default; see modules/code_balance.py).
+    # Anti-collapse options beyond the paper's text (see modules/code_balance.py); Sinkhorn balancing is
+    # on by default with the argmax selection (docs/method.md#label-generator).
     enhanced_centering: float = field(
         default=0.0,
         metadata={"help": "not in the paper: subtract a running mean (this EMA momentum, e.g. 0.9) of the "
                   "enhanced code logits before the Gumbel draw, as DINO centres its teacher; 0 = off"},
     )
     enhanced_sinkhorn_iters: int = field(
-        default=0,
-        metadata={"help": "not in the paper: balance the batch's frames over the enhanced codes with this many "
-                  "Sinkhorn-Knopp iterations (as SwAV) before the Gumbel draw; 0 = off"},
+        default=3,
+        metadata={"help": "not in the paper's text: balance the batch's frames over the enhanced codes with this "
+                  "many Sinkhorn-Knopp iterations (as SwAV) before the selection, in training; 0 = off (the "
+                  "literal method). On by default with enhanced_selection=argmax (see its help)"},
     )
     gumbel_temp: Tuple[float, float, float] = field(
         default=(0.5, 0.5, 1.0),
@@ -260,9 +264,6 @@ def validate_config(cfg: BirqConfig) -> None:
         need(0.0 <= value <= 1.0, f"model.{name}={value} must be in [0, 1]")
     need(cfg.similarity_temp > 0, f"model.similarity_temp={cfg.similarity_temp} must be > 0")
     need(0 <= cfg.enhanced_centering < 1, f"model.enhanced_centering={cfg.enhanced_centering} must be in [0, 1)")
-    need(cfg.enhanced_selection == "gumbel" or cfg.enhanced_hard_targets,
-         "model.enhanced_selection=argmax needs model.enhanced_hard_targets=true: soft targets are the "
-         "whole Gumbel-softmax distribution, there is no one-hot to select")
     need(cfg.enhanced_sinkhorn_iters >= 0,
          f"model.enhanced_sinkhorn_iters={cfg.enhanced_sinkhorn_iters} must be >= 0")
     start, end, decay = cfg.gumbel_temp
@@ -451,7 +452,9 @@ class BirqModel(BaseFairseqModel):
 
     def run_encoder(self, x, step_padding, last_layer: Optional[int] = None):
         """Encoder on (B, T', D); ``last_layer`` (0-based) stops early and skips the final LN."""
-        padding = step_padding if step_padding.any() else None
+        # No padding: fairseq's faster unpadded path. torch.export cannot capture a branch on tensor
+        # values, so an exported program always takes the padded path (exact for unpadded input too).
+        padding = step_padding if torch.compiler.is_exporting() or step_padding.any() else None
         x, layer_results = self.encoder.extract_features(x, padding, last_layer)
         if self.encoder.layer_norm_first and last_layer is None:
             x = self.encoder.layer_norm(x)
@@ -481,9 +484,11 @@ class BirqModel(BaseFairseqModel):
     def select_enhanced_labels(self, logits: torch.Tensor) -> torch.Tensor:
         """(M, Ne, Ve) fp32 code logits -> (M, Ne, Ve) targets: one-hots in the forward pass (a
         Gumbel sample, or the argmax with model.enhanced_selection=argmax) whose backward is the
-        Gumbel-softmax gradient at tau_g; or the soft sample (model.enhanced_hard_targets=false)."""
+        Gumbel-softmax gradient at tau_g; or the soft sample (model.enhanced_hard_targets=false,
+        whatever the selection)."""
         tau = self.gumbel_temperature
-        if self.cfg.enhanced_selection == "argmax":
+        # soft targets are the whole relaxed sample: there is no one-hot to select
+        if self.cfg.enhanced_selection == "argmax" and self.cfg.enhanced_hard_targets:
             soft = F.gumbel_softmax(logits, tau=tau, hard=False)
             hard = F.one_hot(logits.argmax(-1), logits.size(-1)).to(soft.dtype)
             return hard - soft.detach() + soft

@@ -71,6 +71,9 @@ class LogMelFrontend(FullPrecisionModule):
             center=False,
             power=2.0,
         )
+        # torchaudio's periodic Hann window is a view of one a sample longer; with its own storage
+        # torch.export.save stores it as it stores every other weight (and does not warn)
+        self.melspec.spectrogram.window = self.melspec.spectrogram.window.clone()
         if normalization == "global":
             self.register_buffer("stats_sum", torch.zeros(n_mels, dtype=torch.float64))
             self.register_buffer("stats_sumsq", torch.zeros(n_mels, dtype=torch.float64))
@@ -155,7 +158,8 @@ class LogMelFrontend(FullPrecisionModule):
             self.stats_sumsq += stats[self.n_mels : 2 * self.n_mels]
             self.stats_frames += stats[-1]
             self.stats_batches += 1
-        if float(self.stats_frames) == 0:
+        # a check on a buffer's value, which torch.export cannot capture (birq_fairseq.export runs it eagerly first)
+        if not torch.compiler.is_exporting() and float(self.stats_frames) == 0:
             raise RuntimeError(
                 "feature_normalization='global' has no statistics yet: train at least one batch "
                 "(or use feature_normalization='utterance')"

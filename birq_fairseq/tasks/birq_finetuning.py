@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
@@ -42,6 +43,7 @@ from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetunin
 
 from birq_fairseq import checkpoints
 from birq_fairseq.data.labels import check_label_file
+from birq_fairseq.decoding import build_ctc_decoder
 from birq_fairseq.safe_globals import allow_fairseq_checkpoint_globals
 
 logger = logging.getLogger(__name__)
@@ -124,7 +126,6 @@ def finetuning_task_config(task_cfg, saved_task_cfg=None, **overrides):
     ``birq-fairseq-infer``) so that they get this task's label checks, partial batches
     and errors whatever task the model was finetuned with.
     """
-    from omegaconf import OmegaConf
 
     def container(c):
         if c is None:
@@ -234,8 +235,6 @@ class BirqFinetuningTask(AudioFinetuningTask):
             return super().build_generator(
                 models, args, seq_gen_cls=seq_gen_cls, extra_gen_cls_kwargs=extra_gen_cls_kwargs, **kwargs
             )
-        from birq_fairseq.decoding import build_ctc_decoder
-
         extra = extra_gen_cls_kwargs or {}
         lm_weight = getattr(args, "lm_weight", None)
         if lm_weight is None:
