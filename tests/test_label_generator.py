@@ -3,40 +3,18 @@ the upper level) and the collapse guard."""
 
 import logging
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from birq_fairseq.criterions.birq_criterion import BirqCriterion, BirqCriterionConfig, CollapseGuard
-from birq_fairseq.models.birq import BirqConfig, BirqModel
 from birq_fairseq.probe import frame_codes
-from conftest import tiny_model_overrides
 
 
-class _Task:
-    class cfg:
-        sample_rate = 16000
-
-
-def build(**kwargs):
-    torch.manual_seed(0)
-    return BirqModel(BirqConfig(**tiny_model_overrides(**kwargs)))
-
-
-def sample(batch_size=3, samples=24000, pad_last=8000, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    source = torch.randn(batch_size, samples, generator=g) * 0.1
-    padding = torch.zeros(batch_size, samples, dtype=torch.bool)
-    padding[-1, samples - pad_last:] = True
-    source[padding] = 0
-    return {"id": torch.arange(batch_size), "net_input": {"source": source, "padding_mask": padding}}
-
-
-def seeded(model, s, seed=1):
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    return model(**s["net_input"])
+# the model and batch helpers of the model's own tests
+from test_model import _Task, build
+from test_model import batch as sample
+from test_model import seeded_forward as seeded
 
 
 def test_argmax_selection_is_the_argmax_with_the_gumbel_softmax_gradient():
