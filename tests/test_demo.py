@@ -261,12 +261,14 @@ def test_pipeline_rerun_skips_every_finished_stage(tmp_path, monkeypatch):
     assert commands == [] and again["results"] == summary["results"]
 
     # finetuning settings change -> finetune + decode rerun from scratch (old finetuned
-    # checkpoints removed, not resumed), pretraining is kept
+    # checkpoints moved aside, not resumed, not lost), pretraining is kept
     changed = dict(preset, finetune_updates=preset["finetune_updates"] + 1)
     resumed.clear()
     P.Pipeline(tmp_path / "run", changed, corpus, "tiny", seed=3).run()
     assert len(commands) == 3 + 6 and not any("examples/pretrain" in " ".join(c) for c in commands)
     assert sorted(resumed) == [("bestrq", False), ("birq", False), ("none", False)]
+    kept = list((tmp_path / "run" / "finetune" / "birq" / "superseded").glob("*/checkpoint_last.pt"))
+    assert len(kept) == 1 and kept[0].read_text() == "ckpt"
 
     # an interrupted stage (started marker, same settings) is rerun and resumes its checkpoint
     stages = S.Stages(tmp_path / "run" / "stages")
@@ -399,7 +401,7 @@ def test_label_health_verdict_separates_healthy_from_collapsed():
 
     n = 50
     updates = list(range(100, 100 * (n + 1), 100))
-    probe = [{"num_updates": 0, "anchor_pnmi": 0.2, "anchor_pnmi_chance": 0.1, "enhanced_pnmi": 0.15,
+    probe = [{"num_updates": 1, "anchor_pnmi": 0.2, "anchor_pnmi_chance": 0.1, "enhanced_pnmi": 0.15,
               "enhanced_pnmi_chance": 0.1}] + [
         {"num_updates": u, "anchor_pnmi": 0.2, "anchor_pnmi_chance": 0.1, "enhanced_pnmi": 0.2 + 0.1 * u / 5000,
          "enhanced_pnmi_chance": 0.1} for u in (2500, 5000)]
@@ -426,3 +428,12 @@ def test_label_health_lists_variants_and_rejects_unknown_runs(capsys):
     assert "++criterion.enhanced_start_updates=100" in out  # the warm-up placeholder is filled in
     with pytest.raises(SystemExit):
         LH.main(["--runs", "nonsense:1"])
+
+
+def test_label_health_has_no_verdict_without_an_enhanced_stream():
+    import label_health as LH
+
+    curves = {"num_updates": [100, 200], "anchor_code_ppl": [20.0, 20.0], "enhanced_code_ppl": [None, None],
+              "enhanced_acc": [None, None]}
+    h = LH.health(curves, [{"num_updates": 100, "anchor_pnmi": 0.2, "anchor_pnmi_chance": 0.1}])
+    assert h["healthy"] is None and "BEST-RQ" in h["note"]

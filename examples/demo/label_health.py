@@ -71,6 +71,9 @@ VARIANTS: "OrderedDict[str, List[str]]" = OrderedDict([
     ("lr1e4_warmup", GUMBEL + ["optimization.lr=[0.0001]", "++criterion.enhanced_start_updates={WARMUP}"]),
     # the baseline the label gradient is measured against
     ("stopgrad", GUMBEL + ["++model.enhanced_label_grad=false"]),
+    # BEST-RQ, the same model and budget without the enhanced stream: the anchor-only reference for
+    # the frozen evaluation (no enhanced labels, so no health verdict)
+    ("bestrq", ["model.enhanced_stream=false"]),
 ])
 
 
@@ -114,12 +117,56 @@ def pipeline(out: Path, name: str, seed: int, updates: int, threads: int, align:
                       aligner=align)
 
 
-def run(out: Path, name: str, seed: int, updates: int, threads: int) -> dict:
+def run(out: Path, name: str, seed: int, updates: int, threads: int, frozen: bool = False) -> dict:
     pipe = pipeline(out, name, seed, updates, threads, aligner(out, threads))
     pipe.pretrain("none")  # update 0 of the probe curve: the same seeded initialisation
     pipe.pretrain("birq")
     pipe.probe(PROBE_SPLIT)
+    if frozen:
+        frozen_evals(pipe)
     return write_summary(pipe, name, seed, updates)
+
+
+def frozen_evals(pipe: P.Pipeline) -> None:
+    """The frozen evaluation of a finished run's initialisation and final checkpoint."""
+    if (pipe.stages.load("pretrain_birq") or {}).get("status") != "done":
+        raise SystemExit(f"label_health: {pipe.out} has no finished pretraining: run it first")
+    frozen_eval(pipe, "init", pipe.out / "pretrain" / "none" / "checkpoint_last.pt")
+    frozen_eval(pipe, "final", pipe.out / "pretrain" / "birq" / "checkpoint_last.pt")
+
+
+# The frozen evaluation (SUPERB-style, `birq-fairseq superb`): phonemes (PER) and characters
+# (CER), linear heads over a learned weighted sum of all layers, trained on the corpus's 300
+# labelled utterances, the epoch chosen on valid, scored on both test sets.
+FROZEN_ARGS = ["--train", "finetune", "--valid", "valid", "--test", "test_seen", "test_unseen",
+               "--task", "pr", "asr", "--downstream", "linear"]
+
+
+def frozen_eval(pipe: P.Pipeline, tag: str, upstream) -> dict:
+    """``birq-fairseq superb`` of ``upstream`` (a checkpoint or "fbank") as a resumable stage."""
+    out_json = pipe.out / "frozen" / f"{tag}.json"
+    args = ["-m", "birq_fairseq", "superb", "--upstream", str(upstream), "--data", str(corpus_dir()),
+            "--json", str(out_json), "--cache", str(pipe.out / "frozen" / "cache")] + FROZEN_ARGS
+    upstream_id = [] if str(upstream) == "fbank" else [Path(upstream).stat().st_mtime]
+
+    def action():
+        S.run_command([S.BIN / "python"] + args, pipe.out / "frozen" / f"{tag}.log", env=pipe.env,
+                      line_filter=lambda l: f"   {l}" if ("PER" in l or "rror" in l) else None)
+        return {"result": json.loads(out_json.read_text())}
+
+    return S.run_stage(pipe.stages, f"frozen_{tag}", S.signature([args, upstream_id]), [out_json], action,
+                       pipe.clock, f"frozen evaluation of {tag} ({upstream})")["result"]
+
+
+def frozen_rows(result: dict) -> dict:
+    """{"pr_linear": {"valid": PER, "test_seen": PER, ...}, "asr_linear": {... CER}} of a superb JSON."""
+    rows = {}
+    for r in result.get("runs", []):
+        metric = "per" if r["task"] == "pr" else "cer"
+        rows[f"{r['task']}_{r['downstream']}"] = dict(
+            valid=round(r["valid"][metric], 2), **{split: round(v[metric], 2) for split, v in r["test"].items()},
+            layer_weights=[round(w, 3) for w in r["layer_weights"]])
+    return rows
 
 
 def write_summary(pipe: P.Pipeline, name: str, seed: int, updates: int) -> dict:
@@ -130,6 +177,10 @@ def write_summary(pipe: P.Pipeline, name: str, seed: int, updates: int) -> dict:
         raise SystemExit(f"label_health: {pipe.out} has no finished pretraining and probe: run it first")
     summary = summarise(name, seed, updates, S.parse_fairseq_log(pipe.out / "pretrain" / "birq" / "train.log"),
                         probe["result"], pretrain)
+    frozen = {tag: frozen_rows(m["result"]) for tag in ("init", "final")
+              if (m := pipe.stages.load(f"frozen_{tag}")) and "result" in m}
+    if frozen:
+        summary["frozen"] = frozen
     SUMMARY_DIR.mkdir(parents=True, exist_ok=True)
     path = SUMMARY_DIR / f"{name}_seed{seed}.json"
     path.write_text(json.dumps(summary, indent=1) + "\n")
@@ -161,6 +212,8 @@ def summarise(name: str, seed: int, updates: int, log: Dict[str, List[dict]], pr
 def health(curves: dict, probe: List[dict], codebook_size: Optional[int] = None) -> dict:
     """The issue's three measures on one run's curves and probe (see the module doc)."""
     enh, anc = curves["enhanced_code_ppl"], curves["anchor_code_ppl"]
+    if all(e is None for e in enh):
+        return OrderedDict(healthy=None, note="no enhanced stream (BEST-RQ)")
     pairs = [(e, a) for e, a in zip(enh, anc) if e is not None and a is not None]
     min_ratio = min(e / a for e, a in pairs) if pairs else float("nan")
     acc = [a for a in curves["enhanced_acc"] if a is not None]
@@ -170,7 +223,8 @@ def health(curves: dict, probe: List[dict], codebook_size: Optional[int] = None)
     # chance: 1 / V for uniform labels; the labels' own perplexity bounds a marginal-only predictor better
     chance = 1.0 / (sum(ppl_tail) / len(ppl_tail)) if ppl_tail else float("nan")
     gain = lambda r, s: r[f"{s}_pnmi"] - r[f"{s}_pnmi_chance"]  # noqa: E731
-    trained = [r for r in probe if r.get("num_updates") and "enhanced_pnmi" in r]
+    # the first probe point is the seeded initialisation, written by one update at lr 0
+    trained = [r for r in probe if (r.get("num_updates") or 0) > 1 and "enhanced_pnmi" in r]
     end = trained[-1] if trained else None
     result = OrderedDict(
         min_ppl_ratio=round(min_ratio, 3), ppl_ok=bool(min_ratio >= 0.5),
@@ -201,6 +255,10 @@ def report(directory: Path = SUMMARY_DIR, write: bool = True) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"]
     for r in rows:
         h = r["health"]
+        if h.get("healthy") is None:
+            lines.append(f"| {r['variant']} | {r['seed']} | {r['updates']} | – | – | – | – / "
+                         f"{_anchor_gain(r):.3f} | – | – ({h.get('note')}) |")
+            continue
         pnmi = (f"{h['enhanced_pnmi_gain_end']:.3f} / {h['anchor_pnmi_gain_end']:.3f}"
                 if "enhanced_pnmi_gain_end" in h else "–")
         rise = (f"{h['enhanced_pnmi_gain_first']:.3f} -> {h['enhanced_pnmi_gain_end']:.3f}"
@@ -216,6 +274,11 @@ def report(directory: Path = SUMMARY_DIR, write: bool = True) -> str:
     return text
 
 
+def _anchor_gain(row: dict) -> float:
+    last = [p for p in row["probe"] if "anchor_pnmi" in p][-1]
+    return last["anchor_pnmi"] - last["anchor_pnmi_chance"]
+
+
 def plot(rows: List[dict], out_png: Path) -> None:
     import matplotlib
 
@@ -226,6 +289,8 @@ def plot(rows: List[dict], out_png: Path) -> None:
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     variants = list(OrderedDict.fromkeys(r["variant"] for r in rows))
     for r in rows:
+        if r["health"].get("healthy") is None:
+            continue  # no enhanced stream to plot
         c = colours[variants.index(r["variant"]) % len(colours)]
         label = f"{r['variant']} s{r['seed']}"
         x = r["curves"]["num_updates"]
@@ -254,8 +319,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(S.REPO / "results_runs" / "label_health"))
     p.add_argument("--list", action="store_true")
     p.add_argument("--report", action="store_true")
+    p.add_argument("--frozen", action="store_true",
+                   help="also the frozen evaluation (PER / CER of linear heads) of the init and the final checkpoint")
     p.add_argument("--summarise-only", action="store_true",
                    help="rewrite the runs' summaries from their finished stages (runs nothing)")
+    p.add_argument("--frozen-only", action="store_true",
+                   help="the frozen evaluation of finished runs, then their summaries (trains nothing)")
     args = p.parse_args(argv)
     if args.list:
         for name in VARIANTS:
@@ -267,11 +336,13 @@ def main(argv=None) -> int:
         p.error(str(e))
     out = Path(args.out).resolve()
     for name, seed in runs:
-        if args.summarise_only:
-            write_summary(pipeline(out, name, seed, args.updates, args.threads, out / "aligner"), name, seed,
-                          args.updates)
+        if args.summarise_only or args.frozen_only:
+            pipe = pipeline(out, name, seed, args.updates, args.threads, out / "aligner")
+            if args.frozen_only:
+                frozen_evals(pipe)
+            write_summary(pipe, name, seed, args.updates)
         else:
-            run(out, name, seed, args.updates, args.threads)
+            run(out, name, seed, args.updates, args.threads, frozen=args.frozen)
     if args.report or runs:
         print(report())
     return 0

@@ -135,7 +135,7 @@ def run_stage(stages: Stages, name: str, sig: str, outputs: Sequence[Path], acti
     """Run ``action`` unless the stage is finished; time it (wall and child CPU seconds).
 
     A "started" marker is written first. When a previous attempt (finished or not) used
-    different settings, ``clean`` removes its outputs so fairseq does not resume from a
+    different settings, ``clean`` moves its outputs aside so fairseq does not resume from a
     stale checkpoint_last.pt; an interrupted attempt with the same settings is resumed.
     """
     if stages.done(name, sig):
@@ -146,7 +146,7 @@ def run_stage(stages: Stages, name: str, sig: str, outputs: Sequence[Path], acti
     banner(clock, title)
     previous = stages.load(name)
     if previous and previous.get("signature") != sig and clean is not None:
-        print("   settings changed since the last attempt: removing its outputs", flush=True)
+        print("   settings changed since the last attempt: starting afresh", flush=True)
         clean()
     stages.mark(name, sig, [], status="started")
     t0, c0 = time.time(), child_cpu_seconds()
@@ -341,11 +341,19 @@ def parse_generate_output(path) -> dict:
     }
 
 
-def clean_run_dir(save_dir: Path) -> None:
-    """Remove a fairseq run's checkpoints and json log (settings changed: start afresh)."""
-    for p in list(Path(save_dir).glob("checkpoint*.pt")) + [Path(save_dir) / "train.log"]:
-        if p.exists():
-            p.unlink()
+def clean_run_dir(save_dir: Path) -> Optional[Path]:
+    """Settings changed: move a fairseq run's checkpoints and json log aside, into
+    ``<save_dir>/superseded/<time>/``, so the run starts afresh and nothing already written is
+    lost (an override spelled differently reads as a change too). Returns that folder, if any."""
+    old = [p for p in list(Path(save_dir).glob("checkpoint*.pt")) + [Path(save_dir) / "train.log"] if p.exists()]
+    if not old:
+        return None
+    keep = Path(save_dir) / "superseded" / time.strftime("%Y%m%d-%H%M%S")
+    keep.mkdir(parents=True, exist_ok=True)
+    for p in old:
+        os.replace(p, keep / p.name)
+    print(f"   the previous attempt's checkpoints and log are kept in {keep}", flush=True)
+    return keep
 
 
 # --------------------------------------------------------------------------- the two actions
