@@ -89,3 +89,17 @@ def test_fairseq_updates_identical_and_switch_routes(synth_data, system, monkeyp
     assert len(calls) == 3  # the default: the multi-tensor step, every update
     assert old_losses == new_losses
     assert all(torch.equal(a, b) for a, b in zip(old_params, new_params))
+
+
+def test_compare_rows_and_table(synth_data):
+    """run.py part 7's side-by-side: one row per (system, path), ratios to the old path, a table."""
+    import fairseq_update as U
+
+    paths = {"old": U.UPDATE_PATHS["old"], "new": U.UPDATE_PATHS["new"]}
+    rows = U.compare(synth_data, systems=("bestrq",), paths=paths, rounds=2, warmup=0, log=lambda *_: None)
+    assert [(r["system"], r["path"]) for r in rows] == [("bestrq", "old"), ("bestrq", "new")]
+    assert all(r["audio_per_s"] > 0 and r["audio_per_s_min"] <= r["audio_per_s"] <= r["audio_per_s_max"]
+               for r in rows)
+    assert rows[0]["ratio_vs_old"] == 1.0 and rows[1]["ratio_min"] <= rows[1]["ratio_vs_old"] <= rows[1]["ratio_max"]
+    text = U.table({"corpus": "synthetic", "rows": rows})
+    assert "| bestrq | new | (defaults) |" in text and "+task.multi_tensor_adam=false" in text

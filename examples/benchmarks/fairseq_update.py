@@ -128,3 +128,17 @@ def compare(data: str, systems=("bestrq", "birq"), paths: Dict[str, List[str]] =
             row.update(ratio_vs_old=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios))
         rows.append(row)
     return rows
+
+
+def table(part: dict) -> str:
+    """Markdown table of ``compare``'s rows (run.py part 7)."""
+    out = [f"Part 7: tiny fairseq update (tiny_birq.yaml, {part['corpus']}), old vs new path, interleaved in one "
+           f"process, {part['rows'][0]['rounds']} rounds; audio s/s median [min-max], ratio = median [min-max] of "
+           "per-round ratios to the old path",
+           "| system | path | overrides | audio s/s | vs old |", "|---|---|---|---|---|"]
+    for r in part["rows"]:
+        ratio = (f"{r['ratio_vs_old']:.2f}x [{r['ratio_min']:.2f}-{r['ratio_max']:.2f}]"
+                 if "ratio_vs_old" in r else "")
+        out.append(f"| {r['system']} | {r['path']} | {' '.join(r['overrides']) or '(defaults)'} | "
+                   f"{r['audio_per_s']:.0f} [{r['audio_per_s_min']:.0f}-{r['audio_per_s_max']:.0f}] | {ratio} |")
+    return "\n".join(out)
