@@ -8,6 +8,7 @@ from fairseq.data.text_compressor import TextCompressionLevel
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 
+from .. import multi_tensor
 from ..data.audio import CheckedFileAudioDataset
 from ..modules.frontend import min_samples_for_one_step
 
@@ -28,6 +29,11 @@ class BirqPretrainingConfig(AudioPretrainingConfig):
     resample_audio: bool = field(
         default=False, metadata={"help": "resample audio whose rate differs from task.sample_rate"}
     )
+    multi_tensor_adam: bool = field(
+        default=True,
+        metadata={"help": "run fairseq's fp32 Adam step as multi-tensor ops (birq_fairseq/multi_tensor.py): "
+                  "bit-identical parameters, fewer per-parameter ops; false = fairseq's loop (the old path)"},
+    )
 
 
 @register_task("birq_pretraining", dataclass=BirqPretrainingConfig)
@@ -35,7 +41,10 @@ class BirqPretrainingTask(AudioPretrainingTask):
     cfg: BirqPretrainingConfig
 
     def optimizer_step(self, optimizer, model, update_num):
-        super().optimizer_step(optimizer, model, update_num)
+        if getattr(self.cfg, "multi_tensor_adam", False) and multi_tensor.supports(optimizer):
+            multi_tensor.adam_step(optimizer.optimizer)  # what optimizer.step() does, in fewer ops
+        else:
+            super().optimizer_step(optimizer, model, update_num)
         # v^ advances once per update, on every rank (fairseq's wrappers forward the attribute)
         baseline = getattr(model, "penalty_baseline", None)
         if baseline is not None:

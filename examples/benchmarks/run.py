@@ -72,6 +72,7 @@ def plan(quick: bool) -> dict:
             tput=[("tiny", SHAPES["tiny"], 2, 4.0, 3, TINY_SYSTEMS), ("base", SHAPES["base"], 1, 2.0, 1, BASE_SYSTEMS)],
             paper_memory=[("base", 1, 2.0)], paper_memory_steps=(1, 1),
             label_updates=3, label_utts=8, scale_len=[2.0, 4.0], scale_batch=[1, 2], scale_rounds=2,
+            update_rounds=3,
         )
     return dict(
         quick=False, ratio_grid=[(4, 1), (4, 2), (4, 3), (8, 1), (8, 4), (8, 6), (8, 7)], nograd_k={4: 2, 8: 4},
@@ -85,7 +86,7 @@ def plan(quick: bool) -> dict:
         # part 5: step memory at the paper's settings (shape name, batch, seconds), 1 warm-up + 1 step
         paper_memory=[("base", 1, 8.0), ("conformer", 1, 8.0)], paper_memory_steps=(1, 1),
         label_updates=50, label_utts=96, scale_len=[2.0, 4.0, 8.0, 16.0], scale_batch=[1, 2, 4, 8],
-        scale_rounds=5,
+        scale_rounds=5, update_rounds=15,
     )
 
 
@@ -468,6 +469,10 @@ def tables(res) -> str:
             same = f"{pub['h100_hours_same_audio']:.0f}" if pub.get("h100_hours_same_audio") else "-"
             out.append(f"| {pub['system']} | {pub['gpus']} {pub['gpu']} x {pub['days']:.1f} | {pub['gpu_hours']:.0f} | "
                        f"{pub['updates']:,} | {pub['epochs']:.0f} | {same} | {pub['source']} |")
+    if "update_paths" in res:
+        import fairseq_update
+        out.append("")
+        out.append(fairseq_update.table(res["update_paths"]))
     return "\n".join(out)
 
 
@@ -551,8 +556,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="~1-2 minute smoke run (few rounds: its ratios are noisy, not for conclusions)")
     ap.add_argument("--data", help="manifest dir (train.tsv, valid.tsv) for part 3; default: synthetic audio")
-    ap.add_argument("--parts", default="1,2,3,4,5", help="comma-separated subset of parts to run "
-                    "(5 = memory at the paper's shapes; its step ratios come from part 2)")
+    ap.add_argument("--parts", default="1,2,3,4,5,7", help="comma-separated subset of parts to run "
+                    "(5 = memory at the paper's shapes; its step ratios come from part 2; 7 = the tiny "
+                    "fairseq update, old vs new path)")
     ap.add_argument("--out", default=RESULTS, help="results directory")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads for every measurement and OMP_NUM_THREADS of the fairseq runs "
@@ -621,6 +627,17 @@ def main(argv=None):
     if 4 in parts:
         part_start("part 4", "part 4: scaling")
         res["scaling"] = part4_scaling(p, log)
+    if 7 in parts:
+        part_start("part 7", "part 7: tiny fairseq update, old vs new path (issue #17)")
+        import fairseq_update
+        from label_pipeline import cleanup, prepare_corpus
+        work = tempfile.mkdtemp(prefix="birq_bench_update_")
+        try:
+            corpus, source = prepare_corpus(work, args.data, train_utts=p["label_utts"])
+            res["update_paths"] = {"corpus": source, "rows": fairseq_update.compare(
+                corpus, rounds=p["update_rounds"], log=log)}
+        finally:
+            cleanup(work)
     loads.append(B.load_sample("end", time.perf_counter() - t0))
     res["machine"]["loadavg_end"] = loads[-1]["loadavg"]
     res["load"] = B.load_verdict(loads, cpus=os.cpu_count() or 1, threads=torch.get_num_threads())
