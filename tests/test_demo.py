@@ -437,3 +437,21 @@ def test_label_health_has_no_verdict_without_an_enhanced_stream():
               "enhanced_acc": [None, None]}
     h = LH.health(curves, [{"num_updates": 100, "anchor_pnmi": 0.2, "anchor_pnmi_chance": 0.1}])
     assert h["healthy"] is None and "BEST-RQ" in h["note"]
+
+
+def test_label_health_frozen_table_averages_seeds_and_counts_each_init_once():
+    import label_health as LH
+
+    def row(variant, seed, per, init_per):
+        res = lambda v: {"pr_linear": {"test_seen": v, "test_unseen": v + 5},  # noqa: E731
+                         "asr_linear": {"test_seen": v + 1, "test_unseen": v + 6}}
+        return {"variant": variant, "seed": seed, "frozen": {"final": res(per), "init": res(init_per)}}
+
+    rows = [row("argmax_sinkhorn", 1, 50.0, 70.0), row("argmax_sinkhorn", 2, 52.0, 72.0),
+            row("stopgrad", 1, 60.0, 70.0), {"variant": "literal", "seed": 1}]
+    table = LH.frozen_table(rows)
+    assert "| argmax_sinkhorn | 1, 2 | 51.0 ± 1.4 | 56.0 ± 1.4 | 52.0 ± 1.4 | 57.0 ± 1.4 |" in table
+    assert "| stopgrad | 1 | 60.0 | 65.0 | 61.0 | 66.0 |" in table
+    # seed 1's initialisation is shared by argmax_sinkhorn and stopgrad: counted once
+    assert "| random init (the seeds' initialisations) | 1, 2 | 71.0 ± 1.4 |" in table
+    assert "literal" not in table

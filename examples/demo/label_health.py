@@ -266,12 +266,55 @@ def report(directory: Path = SUMMARY_DIR, write: bool = True) -> str:
         lines.append(f"| {r['variant']} | {r['seed']} | {r['updates']} | {h['min_ppl_ratio']:.2f} | "
                      f"{h['enhanced_acc_tail']:.3f} | {ACC_OVER_CHANCE * h['acc_chance']:.3f} | {pnmi} | {rise} | "
                      f"{'yes' if h['healthy'] else 'no'} |")
+    frozen = frozen_table(rows)
+    if frozen:
+        lines += ["", frozen]
     text = "\n".join(lines) + "\n" if rows else "_No label-health summaries committed._\n"
     if write:
         (Path(directory) / "health.md").write_text(text)
         if rows:
             plot(rows, Path(directory) / "health.png")
     return text
+
+
+def frozen_table(rows: List[dict]) -> str:
+    """The frozen evaluation of the runs that have one: PER and CER (%) of linear heads on the
+    final checkpoint, and on the same seed's initialisation (the random-init encoder), per test
+    set; the mean ± std over seeds where a variant has several."""
+    cells = OrderedDict()  # (variant or "random init") -> {metric: [values per seed]}
+    for r in rows:
+        for tag, label in (("final", r["variant"]), ("init", "random init (the seeds' initialisations)")):
+            res = (r.get("frozen") or {}).get(tag)
+            if not res:
+                continue
+            if tag == "init" and any(x["seed"] == r["seed"] for x in cells.get(label, {}).get("_runs", [])):
+                continue  # the initialisation depends on the seed only
+            c = cells.setdefault(label, {"_runs": []})
+            c["_runs"].append(r)
+            for key, metric in (("pr_linear", "PER"), ("asr_linear", "CER")):
+                for split in ("test_seen", "test_unseen"):
+                    if key in res:
+                        c.setdefault(f"{metric} {split}", []).append(res[key][split])
+    if not cells:
+        return ""
+
+    def fmt(values):
+        if not values:
+            return "–"
+        if len(values) == 1:
+            return f"{values[0]:.1f}"
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        return f"{mean:.1f} ± {std:.1f}"
+
+    cols = ["PER test_seen", "PER test_unseen", "CER test_seen", "CER test_unseen"]
+    lines = ["Frozen evaluation (`birq-fairseq superb`, linear heads on a learned weighted sum of all layers, "
+             "trained on the 300 labelled utterances, epoch chosen on valid):", "",
+             "| upstream | seeds | " + " | ".join(cols) + " |", "| --- | --- | " + " | ".join("---:" for _ in cols) + " |"]
+    for label, c in cells.items():
+        seeds = ", ".join(str(x["seed"]) for x in c["_runs"])
+        lines.append(f"| {label} | {seeds} | " + " | ".join(fmt(c.get(col, [])) for col in cols) + " |")
+    return "\n".join(lines)
 
 
 def _anchor_gain(row: dict) -> float:
