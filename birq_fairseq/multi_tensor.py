@@ -13,6 +13,7 @@ import math
 from collections import defaultdict
 
 import torch
+from fairseq.optim.adam import Adam
 
 
 def supports(optimizer) -> bool:
@@ -21,8 +22,6 @@ def supports(optimizer) -> bool:
     Anything else (fp16/bf16 parameters, amsgrad, sparse gradients, fused or other optimizers)
     keeps fairseq's own step.
     """
-    from fairseq.optim.adam import Adam
-
     inner = getattr(optimizer, "optimizer", None)
     if type(inner) is not Adam:
         return False

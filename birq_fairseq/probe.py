@@ -267,7 +267,8 @@ def frame_codes(model, source: torch.Tensor, padding_mask: Optional[torch.Tensor
             # training balances the batch's (masked) frames before the selection: balance these
             # utterances' unpadded frames the same way, so the codes are the ones trained on
             valid = ~step_padding
-            logits[valid] = logits[valid] + sinkhorn_offset(logits[valid], model.cfg.enhanced_sinkhorn_iters)
+            frames = logits[valid]
+            logits[valid] = frames + sinkhorn_offset(frames, model.cfg.enhanced_sinkhorn_iters)
         codes.append(logits.argmax(-1))  # (B, T', Ne)
     codes = torch.cat(codes, dim=-1)
     return dict(zip(stream_names(model), codes.unbind(-1))), lengths

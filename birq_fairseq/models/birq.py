@@ -460,16 +460,22 @@ class BirqModel(BaseFairseqModel):
             x = self.encoder.layer_norm(x)
         return x, layer_results
 
-    def enhanced_features(self, h: torch.Tensor, step_padding: torch.Tensor) -> torch.Tensor:
+    def enhanced_features(self, h: torch.Tensor, step_padding: torch.Tensor,
+                          frames: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, T', D) output of layer k, (B, T') padding -> (B, T', D) fp32 z^(k), normalised as
-        model.enhanced_feature_norm says: per frame (layer) or per utterance over time (instance)."""
-        h = h.float()
+        model.enhanced_feature_norm says: per frame (layer) or per utterance over time (instance).
+        With ``frames`` ((B, T') bool), only those frames: (M, D), normalised as in the full result
+        (the instance statistics still come from every unpadded frame; a per-frame norm is computed
+        on the selected frames alone, so training does not normalise the unmasked ones it drops)."""
         if self.cfg.enhanced_feature_norm == "instance":
+            h = h.float()
             valid = (~step_padding).unsqueeze(-1).to(h.dtype)  # (B, T', 1)
-            frames = valid.sum(1, keepdim=True).clamp(min=1.0)
-            mean = (h * valid).sum(1, keepdim=True) / frames
-            var = ((h - mean).square() * valid).sum(1, keepdim=True) / frames
-            return (h - mean) * torch.rsqrt(var + 1e-5)
+            count = valid.sum(1, keepdim=True).clamp(min=1.0)
+            mean = (h * valid).sum(1, keepdim=True) / count
+            var = ((h - mean).square() * valid).sum(1, keepdim=True) / count
+            z = (h - mean) * torch.rsqrt(var + 1e-5)
+            return z if frames is None else z[frames]
+        h = (h if frames is None else h[frames]).float()
         return F.layer_norm(h, (h.size(-1),))
 
     def enhanced_code_logits(self, z: torch.Tensor) -> torch.Tensor:
@@ -520,7 +526,7 @@ class BirqModel(BaseFairseqModel):
                 h = torch.utils.checkpoint.checkpoint(layers_1_to_k, inputs, use_reentrant=False)
             else:
                 h = layers_1_to_k(inputs)
-            logits = self.enhanced_code_logits(self.enhanced_features(h, step_padding)[loss_frames])
+            logits = self.enhanced_code_logits(self.enhanced_features(h, step_padding, loss_frames))
             if self.cfg.enhanced_sinkhorn_iters > 0 and self.training:
                 logits = logits + sinkhorn_offset(logits, self.cfg.enhanced_sinkhorn_iters)
             with torch.autocast(device_type=logits.device.type, enabled=False):

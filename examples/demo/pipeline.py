@@ -191,7 +191,12 @@ def finetune_overrides(corpus_dir: Path, w2v: Path, save_dir: Path, seed: int, s
         f"dataset.validate_interval_updates={updates}",
         f"checkpoint.save_interval_updates={max(updates // 4, 5)}",
         "common.cpu=true", "dataset.num_workers=0",
-    ] + [o.replace("{UPDATES_30PCT}", str(int(0.3 * updates))) for o in recipe]
+    ] + fill_recipe(recipe, updates)
+
+
+def fill_recipe(recipe: Sequence[str], updates: int) -> List[str]:
+    """A finetuning recipe's overrides for a run of ``updates`` updates (``{UPDATES_30PCT}`` filled in)."""
+    return [o.replace("{UPDATES_30PCT}", str(int(0.3 * updates))) for o in recipe]
 
 
 class Pipeline:

@@ -112,8 +112,7 @@ class Grid:
             for s in EVAL_SETS)
         summary = OrderedDict(run=run, seed=self.seed, spec=spec, pretrain=PRETRAIN[spec["pretrain"]],
                               arch=ARCHS[PRETRAIN[spec["pretrain"]]["arch"]],
-                              recipe=[o.replace("{UPDATES_30PCT}", str(int(0.3 * spec["updates"])))
-                                      for o in RECIPES[spec["recipe"]]], results=results,
+                              recipe=P.fill_recipe(RECIPES[spec["recipe"]], spec["updates"]), results=results,
                               timings={k: v for k, v in self.stages.timings().items() if k in (pre_stage, stage)},
                               date=time.strftime("%Y-%m-%d %H:%M:%S"))
         SUMMARY_DIR.mkdir(parents=True, exist_ok=True)
