@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 OUT ?= demo_runs
 
-.PHONY: setup test test-fast demo demo-quick results results-report label-health label-health-report bench corpus clean
+.PHONY: setup test test-fast demo demo-quick results results-report label-health label-health-report ladder ladder-report bench corpus clean
 
 setup:
 	bash scripts/setup.sh
@@ -46,6 +46,17 @@ label-health: setup
 ## The label-health table and plot (examples/demo/label_health/health.md, health.png) from the committed runs.
 label-health-report: setup
 	$(PY) examples/demo/label_health.py --report
+
+## The pretraining ladder (issue 15): rungs SIZE:SYSTEM:UPDATES:SEED pretrained on the default corpus
+## (one thread; resumable), each scored by the frozen evaluation and CTC finetuning on 100 / 300
+## labelled utterances; each finished rung leaves examples/demo/ladder/<rung>.json (commit it).
+##   make ladder RUNS="medium:bestrq:10000:1 medium:birq:10000:1 medium:none:0:1 fbank"
+ladder: setup
+	OMP_NUM_THREADS=1 $(PY) examples/demo/ladder.py --runs $(RUNS)
+
+## The ladder's table and plot (examples/demo/ladder/ladder.md, ladder.png) from the committed rungs.
+ladder-report: setup
+	$(PY) examples/demo/ladder.py --report
 
 ## Cost of BiRQ's labels against BEST-RQ and HuBERT, measured side by side (< 20 min).
 bench: setup

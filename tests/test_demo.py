@@ -231,6 +231,19 @@ def test_pipeline_rerun_skips_every_finished_stage(tmp_path, monkeypatch):
             wer = {"none": 90.0, "bestrq": 60.0, "birq": 50.0}[res.name]
             (res / f"generate-{subset}.txt").write_text(
                 f"T-0\tA B\nH-0\t-1\tA B\nGenerate {subset} with beam=5: WER: {wer:.2f}\n")
+        elif cmd[1].endswith("make_labels.py"):  # phoneme labels, written to a scratch directory
+            out_dir = Path(cmd[cmd.index("--output-dir") + 1])
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / (Path(cmd[2]).stem + ".phn")).write_text("a b\n")
+            if "--phoneme-dict" in cmd:
+                (out_dir / "dict.phn.txt").write_text("a 1\nb 1\n")
+        elif cmd[1:4] == ["-m", "birq_fairseq", "superb"]:  # the frozen evaluation
+            per = {"none": 70.0, "bestrq": 60.0, "birq": 55.0}[Path(cmd[cmd.index("--json") + 1]).stem]
+            run = lambda task, v: {"task": task, "downstream": "linear", "valid": {"per": v, "cer": v},  # noqa: E731
+                                   "test": {t: {"per": v, "cer": v + 1} for t in P.TEST_SETS}, "layer_weights": [1.0]}
+            out_json = Path(cmd[cmd.index("--json") + 1])
+            out_json.parent.mkdir(parents=True, exist_ok=True)
+            out_json.write_text(json.dumps({"runs": [run("pr", per), run("asr", per)]}))
         else:
             raise AssertionError(cmd)
 
@@ -239,7 +252,12 @@ def test_pipeline_rerun_skips_every_finished_stage(tmp_path, monkeypatch):
     preset = P.PRESETS["tiny"]
     pipe = P.Pipeline(tmp_path / "run", preset, corpus, "tiny", seed=3)
     summary = pipe.run()
-    assert len(commands) == 3 + 3 + 6  # 3 pretrain/init, 3 finetune, 6 decodes
+    # 3 pretrain/init, 3 finetune, 6 decodes, phoneme labels of 4 splits (once), 3 frozen evaluations
+    assert len(commands) == 3 + 3 + 6 + 4 + 3
+    assert all((corpus / f"{split}.phn").exists() for split in P.PHONEME_SPLITS)
+    assert (corpus / "dict.phn.txt").exists() and not (corpus / "finetune.ltr").read_text() == "a b\n"
+    assert summary["frozen"]["birq"]["pr_linear"]["test_unseen"] == 55.0
+    assert "| random init | 70.0 | 70.0 | 71.0 | 71.0 |" in R.frozen_table(summary["frozen"])
     pre = [c for c in commands if "examples/pretrain" in " ".join(c)]
     by_system = {c[c.index("--config-name") + 1] + ":" + next(a for a in c if a.startswith("model.enhanced_stream=")): c
                  for c in pre}
@@ -455,3 +473,69 @@ def test_label_health_frozen_table_averages_seeds_and_counts_each_init_once():
     # seed 1's initialisation is shared by argmax_sinkhorn and stopgrad: counted once
     assert "| random init (the seeds' initialisations) | 1, 2 | 71.0 ± 1.4 |" in table
     assert "literal" not in table
+
+
+def test_ladder_rungs_parse_and_reject_bad_ones():
+    import ladder as L
+
+    assert L.parse_rung("medium:birq:10000:2") == ("medium", "birq", 10000, 2)
+    assert L.parse_rung("fbank") == ("fbank",)
+    assert L.rung_name("medium", "birq", 10000, 2) == "medium_birq_10k_seed2"
+    assert L.rung_name("tiny", "none", 0, 1) == "tiny_none_init_seed1"
+    for bad in ("huge:birq:10000:1", "medium:hubert:10000:1", "medium:birq:10k:1", "medium:none:500:1",
+                "medium:bestrq:0:1", "medium:birq:10000"):
+        with pytest.raises(ValueError, match="rung"):
+            L.parse_rung(bad)
+    # stopgrad is BiRQ (the default label generator) with the label gradient stopped
+    assert L.SYSTEMS["stopgrad"] == ("birq", ["++model.enhanced_label_grad=false"])
+    assert L.SIZES["medium"]["model.encoder_embed_dim"] == 192 and L.SIZES["large"]["model.encoder_layers"] == 8
+
+
+def test_ladder_summary_measures_audio_seen_and_reads_the_stages(tmp_path, monkeypatch):
+    """audio hours seen = updates x the logged audio per update (audio_sec_per_sec / ups); the
+    finetuning pipelines see the pretraining stage's identity, so a re-pretrained rung is finetuned again."""
+    import ladder as L
+
+    monkeypatch.setattr(L.LH, "corpus_dir", lambda: tmp_path / "corpus")
+    pre, fts, system = L.pipelines(tmp_path, "medium", "bestrq", 200, 1, threads=1)
+    assert system == "bestrq" and list(fts) == [100, 300]
+    assert fts[100].p["labelled"] == 100 and fts[300].p["labelled"] == 300 and fts[100].out == pre.out / "ft100"
+    log = pre.out / "pretrain" / "bestrq" / "train.log"
+    log.parent.mkdir(parents=True)
+    log.write_text('{"epoch": 1, "loss": "5.0", "audio_sec_per_sec": "60.0", "ups": "10.0", "num_updates": "100"}\n'
+                   '{"epoch": 1, "loss": "4.0", "audio_sec_per_sec": "80.0", "ups": "10.0", "num_updates": "200", '
+                   '"anchor_acc": "0.2"}\n')
+    pre.stages.mark("pretrain_bestrq", "sig-1", [log], wall_seconds=12.0, cpu_seconds=11.0)
+    assert fts[100].stage_identity("pretrain_bestrq") == pre.stage_identity("pretrain_bestrq") is not None
+    frozen = {"runs": [{"task": "pr", "downstream": "linear", "valid": {"per": 60.0},
+                        "test": {"test_seen": {"per": 61.0}, "test_unseen": {"per": 66.0}}, "layer_weights": [0.5, 0.5]}]}
+    s = L.summarise(pre, "medium", "bestrq", 200, 1, frozen,
+                    {"100": {"test_seen": {"cer": 50.123, "wer": 90.0}}})
+    assert s["audio_seconds_per_update"] == 7.0 and s["audio_hours_seen"] == round(200 * 7.0 / 3600, 2)
+    assert s["final_train"] == {"loss": 4.0, "anchor_acc": 0.2} and s["pretrain_wall_seconds"] == 12.0
+    assert s["frozen"]["pr_linear"]["test_unseen"] == 66.0
+    assert s["finetune"]["100"]["test_seen"] == {"cer": 50.12, "wer": 90.0}
+
+
+def test_ladder_report_averages_seeds_and_draws_the_curves(tmp_path):
+    import ladder as L
+
+    def rung(system, seed, per, updates=10000, size="medium"):
+        res = {"pr_linear": {"valid": per - 1, "test_seen": per, "test_unseen": per + 5},
+               "asr_linear": {"test_seen": per + 1, "test_unseen": per + 6}}
+        ft = {n: {"test_seen": {"cer": per - 10, "wer": 90.0}, "test_unseen": {"cer": per - 9, "wer": 91.0}}
+              for n in ("100", "300")}
+        return {"rung": L.rung_name(size, system, updates, seed), "size": size, "system": system,
+                "updates": 0 if system == "none" else updates, "seed": seed,
+                "audio_hours_seen": 0.0 if system == "none" else 18.0, "frozen": res, "finetune": ft}
+
+    for r in (rung("bestrq", 1, 50.0), rung("bestrq", 2, 52.0), rung("none", 1, 60.0), rung("birq", 1, 49.0),
+              {"rung": "fbank", "system": "fbank", "frozen": {"pr_linear": {"valid": 75.0, "test_seen": 76.0,
+                                                                             "test_unseen": 80.0}}}):
+        (tmp_path / f"{r['rung']}.json").write_text(json.dumps(r))
+    table = L.report(tmp_path)
+    lines = table.splitlines()
+    assert "| medium | bestrq | 10000 | 18.0 | 1, 2 | 50.0 ± 1.4 | 51.0 ± 1.4 | 56.0 ± 1.4 | 52.0 ± 1.4 |" in table
+    assert [ln.split("|")[2].strip() for ln in lines[2:]] == ["none", "bestrq", "birq", "fbank"]  # sizes, then systems
+    assert "| – | fbank | 0 | 0.0 | – | 75.0 | 76.0 | 80.0 | – |" in table
+    assert (tmp_path / "ladder.md").read_text() == table and (tmp_path / "ladder.png").stat().st_size > 0

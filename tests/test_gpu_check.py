@@ -39,7 +39,16 @@ def test_cpu_dry_run_writes_the_json(tmp_path):
     assert resume["loaded_checkpoint"] and resume["first_update"] == runs[0]["updates"] + 1
     assert resume["last_update"] == 2 * runs[0]["updates"] and resume["resumed_ok"]
     assert set(res["checks"]) == {"train_birq_fp16", "train_bestrq_fp16", "train_birq_bf16", "train_bestrq_bf16",
-                                  "resume", "timing_fp16_losses_finite", "timing_bf16_losses_finite"}
+                                  "resume", "timing_fp16_losses_finite", "timing_bf16_losses_finite",
+                                  "conformer_fp16_losses_finite", "conformer_bf16_losses_finite"}
+    assert res["complete"]
+    # the paper's Conformer (shrunk for the dry run): BEST-RQ and BiRQ side by side at bf16 and fp16
+    for precision in ("bf16", "fp16"):
+        t = res["conformer"][precision]
+        assert t["layer_type"] == "conformer" and [r["system"] for r in t["rows"]] == ["bestrq", "birq"]
+        birq = t["rows"][1]
+        lo, hi = birq["step_ratio_vs_bestrq_range"]
+        assert lo <= birq["step_ratio_vs_bestrq"] <= hi
     for precision in ("fp16", "bf16"):
         t = res["timing"][precision]
         rows = {r["system"]: r for r in t["rows"]}

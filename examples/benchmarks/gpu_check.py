@@ -10,12 +10,17 @@
    update right after the saved count and reaches the new one.
 2. In-process step timing and memory, same batch for every system: BEST-RQ, BiRQ at
    k = round(0.7 L), and fairseq's wav2vec 2.0 and HuBERT (examples/benchmarks/baselines.py),
+   and (part ``conformer``) BEST-RQ and BiRQ at the paper's 10-layer Conformer (k = 7),
    in fp16 and bf16 as fairseq's Trainer runs them (model.half() / model.bfloat16(), fairseq's
    FP16Optimizer: fp32 master weights, dynamic loss scale), interleaved rounds; BiRQ/BEST-RQ step ratio (median of per-round
    ratios), peak step memory above the memory before the step (CUDA allocator; not measured on
    CPU), audio seconds per second, speed against wav2vec 2.0.
 
 ``--cpu``: the same logic on the CPU with tiny models and 2 updates (the tested dry run).
+
+The JSON is written after every part (``"complete": false`` until the last), so a run stopped at
+its time limit still leaves what it measured. The in-process parts run first: they take seconds
+on a GPU, the fairseq-hydra-train runs most of the time.
 """
 
 import argparse
@@ -50,6 +55,10 @@ TINY_HUBERT = dict(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim
                    conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2", final_dim=16,
                    conv_pos=16, conv_pos_groups=4)
 TINY_W2V = dict(TINY_HUBERT, latent_vars=8)
+# The Conformer shape of the dry run: the recipe's layer type, positions and attention, shrunk.
+TINY_CONFORMER = dict(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
+                      depthwise_conv_kernel_size=7, conv_channels=4, conv_pos=8, conv_pos_groups=2,
+                      anchor_codebook_size=64, enhanced_codebook_size=64)
 TINY_TRAIN = ["model.encoder_layers=2", "model.encoder_embed_dim=32", "model.encoder_ffn_embed_dim=64",
               "model.encoder_attention_heads=2", "model.conv_channels=4", "model.conv_pos=8",
               "model.conv_pos_groups=2", "model.anchor_codebook_size=64", "model.enhanced_codebook_size=64"]
@@ -61,15 +70,18 @@ def plan(cpu: bool) -> dict:
                     configs={"birq": "tiny_birq", "bestrq": "tiny_bestrq"},
                     train_overrides=TINY_TRAIN + ["common.fp16_no_flatten_grads=true"],  # no CUDA device to flatten on
                     birq=B.SHAPES["tiny"], w2v=TINY_W2V, hubert=TINY_HUBERT, batch=(2, 1.0), warmup=1, rounds=2,
-                    steps=1)
+                    steps=1, conformer=dict(B.SHAPES["conformer"], **TINY_CONFORMER))
     # Per-GPU batch of the base recipes: max_tokens 1.4M samples = 87.5 s of audio.
     return dict(device="cuda", utts=48, min_s=8.0, max_s=15.0, max_tokens=1400000, updates=8,
                 configs={"birq": "base_birq_librispeech", "bestrq": "base_bestrq_librispeech"},
                 train_overrides=[], birq=B.SHAPES["base"], w2v={}, hubert={}, batch=(6, 15.0),
-                warmup=3, rounds=5, steps=2)
+                warmup=3, rounds=5, steps=2, conformer=B.SHAPES["conformer"])
 
 
 # --------------------------------------------------------------------------- 1. fairseq-hydra-train
+TRAIN_RUN_TIMEOUT_S = 240
+
+
 def read_log(path):
     """[(num_updates, loss)] of the json train_inner lines, and the whole text."""
     text = open(path).read()
@@ -96,15 +108,20 @@ def train_run(p, name, precision, data, save_dir, updates, log_path) -> dict:
            *p["train_overrides"]]
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=REPO))
+        try:  # a hung run must not take the rest of the check's time with it
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=REPO),
+                                  timeout=TRAIN_RUN_TIMEOUT_S)
+            returncode = proc.returncode
+        except subprocess.TimeoutExpired:
+            returncode = f"timeout after {TRAIN_RUN_TIMEOUT_S} s"
     points, text = read_log(log_path)
     saved = re.findall(r"Saved checkpoint .* @ (\d+) updates", text)
-    row = {"system": name, "precision": precision, "updates": updates, "returncode": proc.returncode,
+    row = {"system": name, "precision": precision, "updates": updates, "returncode": returncode,
            "wall_s": time.perf_counter() - start, "logged": points, "log": log_path,
            "saved_at_update": int(saved[-1]) if saved else None,
            "losses_finite": bool(points) and all(math.isfinite(loss) for _, loss in points)}
-    row["ok"] = proc.returncode == 0 and row["losses_finite"] and (row["saved_at_update"] or 0) >= updates
-    if proc.returncode != 0:
+    row["ok"] = returncode == 0 and row["losses_finite"] and (row["saved_at_update"] or 0) >= updates
+    if returncode != 0:
         row["log_tail"] = text[-3000:]
     return row
 
@@ -188,14 +205,16 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def timing(p, precision, systems, log) -> dict:
+def timing(p, precision, systems, log, shape=None) -> dict:
+    """Step time and memory of ``systems`` at ``shape`` (default: the plan's BiRQ shape)."""
+    shape = shape or p["birq"]
     device = p["device"]
     batch, seconds = p["batch"]
     base_sample = B.make_sample(batch, seconds)
     dtype = DTYPES[precision]
     built, losses, memory = {}, {}, {}
     for system in systems:
-        model, criterion, _, prepare = B.build_system(system, p["birq"],
+        model, criterion, _, prepare = B.build_system(system, shape,
                                                       {"wav2vec2": p["w2v"], "hubert": p["hubert"]})
         model, criterion = model.to(device=device, dtype=dtype), criterion.to(dtype=dtype)  # as fairseq's Trainer
         optimizer = fairseq_optimizer([x for x in model.parameters() if x.requires_grad], precision, device)
@@ -239,8 +258,8 @@ def timing(p, precision, systems, log) -> dict:
             row["speed_vs_wav2vec2"] = r["ratio"]
             row["speed_vs_wav2vec2_range"] = [r["ratio_min"], r["ratio_max"]]
         rows.append(row)
-    k, L = B.enhanced_layer(p["birq"]), p["birq"]["encoder_layers"]
-    return {"precision": precision, "batch": batch, "seconds": seconds, "k": k, "L": L,
+    k, L = B.enhanced_layer(shape), shape["encoder_layers"]
+    return {"precision": precision, "layer_type": shape.get("layer_type", "transformer"), "batch": batch, "seconds": seconds, "k": k, "L": L,
             "step_target": 1 + k / L + 0.05, "mem_target": 1 + k / L, "rows": rows,
             "all_losses_finite": all(math.isfinite(x) for x in losses_last)}
 
@@ -250,7 +269,8 @@ def main(argv=None):
     ap.add_argument("--cpu", action="store_true", help="dry run on the CPU: tiny models, 2 updates")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "gpu_check.json"))
     ap.add_argument("--work", help="work dir (default: a temporary one, removed)")
-    ap.add_argument("--parts", default="train,timing", help="comma-separated: train, timing")
+    ap.add_argument("--parts", default="timing,conformer,train",
+                    help="comma-separated, run in this order: timing (base shape), conformer, train")
     ap.add_argument("--setup-seconds", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not args.cpu and not torch.cuda.is_available():
@@ -268,29 +288,42 @@ def main(argv=None):
            "fairseq": fairseq.__version__, "cuda": torch.version.cuda,
            "device": torch.cuda.get_device_name(0) if p["device"] == "cuda" else platform.processor() or "cpu",
            "setup_seconds": args.setup_seconds, "checks": {}}
-    parts = set(args.parts.split(","))
+    parts = args.parts.split(",")
+    unknown = set(parts) - {"timing", "conformer", "train"}
+    if unknown:
+        ap.error(f"--parts: unknown part(s) {sorted(unknown)}; choose from timing, conformer, train")
     work = args.work or tempfile.mkdtemp(prefix="birq_gpu_check_")
+
+    def save(complete):
+        res["complete"] = complete
+        res["ok"] = complete and bool(res["checks"]) and all(res["checks"].values())
+        res["wall_seconds"] = time.perf_counter() - t0
+        B.dump_json(args.out, res)
+
     try:
-        if "train" in parts:
-            log("fairseq-hydra-train: fp16 and bf16, BiRQ and BEST-RQ, then a resume")
-            res["train"] = train_runs(p, work, log)
-            for r in res["train"]["runs"]:
-                res["checks"][f"train_{r['system']}_{r['precision']}"] = r["ok"]
-            res["checks"]["resume"] = res["train"]["resume"]["resumed_ok"] and res["train"]["resume"]["losses_finite"]
-        if "timing" in parts:
-            systems = ["bestrq", "birq", "wav2vec2", "hubert"]
-            res["timing"] = {}
-            for precision in ("fp16", "bf16"):
-                res["timing"][precision] = t = timing(p, precision, systems, log)
-                res["checks"][f"timing_{precision}_losses_finite"] = t["all_losses_finite"] and all(
-                    r["losses_finite"] for r in t["rows"])
+        for part in parts:
+            if part == "train":
+                log("fairseq-hydra-train: fp16 and bf16, BiRQ and BEST-RQ, then a resume")
+                res["train"] = train_runs(p, work, log)
+                for r in res["train"]["runs"]:
+                    res["checks"][f"train_{r['system']}_{r['precision']}"] = r["ok"]
+                res["checks"]["resume"] = (res["train"]["resume"]["resumed_ok"]
+                                           and res["train"]["resume"]["losses_finite"])
+            else:  # in-process timing: the base shape with the baselines, or the Conformer
+                key, systems, shape = (("timing", ["bestrq", "birq", "wav2vec2", "hubert"], None) if part == "timing"
+                                       else ("conformer", ["bestrq", "birq"], p["conformer"]))
+                res[key] = {}
+                for precision in ("bf16", "fp16"):
+                    res[key][precision] = t = timing(p, precision, systems, log, shape)
+                    res["checks"][f"{key}_{precision}_losses_finite"] = t["all_losses_finite"] and all(
+                        r["losses_finite"] for r in t["rows"])
+                    save(False)
+            save(False)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    res["ok"] = bool(res["checks"]) and all(res["checks"].values())
-    res["wall_seconds"] = time.perf_counter() - t0
-    B.dump_json(args.out, res)
-    for precision, t in res.get("timing", {}).items():
+    save(True)
+    for precision, t in [(f"{key} {prec}", t) for key in ("timing", "conformer") for prec, t in res.get(key, {}).items()]:
         for r in t["rows"]:
             extra = "".join(f" {k}={r[k]:.3f}" for k in ("step_ratio_vs_bestrq", "mem_ratio_vs_bestrq",
                                                           "speed_vs_wav2vec2") if r.get(k) is not None)

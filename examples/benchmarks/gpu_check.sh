@@ -26,7 +26,15 @@ has_stack() { "$1" -c "import fairseq, hydra, soundfile, birq_fairseq" >/dev/nul
 
 if ! has_stack "$PYTHON"; then
   if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv --system-site-packages "$VENV"
+    # Without ensurepip in the base interpreter (a bare Debian python3), a venv without pip: the
+    # machine's own pip then runs in it through the .pth file below.
+    "$PYTHON" -m venv --system-site-packages "$VENV" 2>/dev/null || {
+      rm -rf "$VENV"; "$PYTHON" -m venv --system-site-packages --without-pip "$VENV"; }
+    # --system-site-packages sees the base interpreter's packages only. Where $PYTHON is itself a
+    # virtual environment (the lent machines' python3 is /opt/torch/.venv's), its site-packages
+    # (torch, numpy, cython, ...) go on the new one's path through a .pth file, after its own.
+    "$PYTHON" -c "import site; print('\n'.join(site.getsitepackages()))" \
+      >"$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_machine_site.pth"
   fi
   PYTHON="$VENV/bin/python"
   if ! has_stack "$PYTHON"; then
@@ -40,8 +48,17 @@ if ! has_stack "$PYTHON"; then
     "$PYTHON" -c "import setuptools" || { echo "gpu_check: setuptools is missing (needed to build fairseq)" >&2; exit 2; }
     "${PIP[@]}" wheel  # the sdists below build with the machine's setuptools, not from an index
     PIP+=(--no-build-isolation)
-    "${PIP[@]}" -c constraints.txt hydra-core omegaconf antlr4-python3-runtime bitarray regex sacrebleu \
-      packaging tqdm soundfile editdistance cffi scikit-learn scipy
+    # Only what the machine's Python lacks: its own scipy, scikit-learn, regex, ... stay (the lent
+    # machines' image has most of them), so the wheelhouse can leave them out (make_gpu_wheelhouse.sh).
+    MISSING=()
+    for pair in hydra-core:hydra omegaconf:omegaconf antlr4-python3-runtime:antlr4 bitarray:bitarray regex:regex \
+                sacrebleu:sacrebleu packaging:packaging tqdm:tqdm soundfile:soundfile editdistance:editdistance \
+                cffi:cffi scikit-learn:sklearn scipy:scipy; do
+      "$PYTHON" -c "import ${pair#*:}" >/dev/null 2>&1 || MISSING+=("${pair%%:*}")
+    done
+    echo "== missing here: ${MISSING[*]:-nothing}"
+    # Each pinned as constraints.txt pins it; no -c for the rest, so what the machine has stays.
+    [ ${#MISSING[@]} -eq 0 ] || "${PIP[@]}" $(for p in "${MISSING[@]}"; do grep -i "^$p==" constraints.txt; done)
     env -u CUDA_HOME "${PIP[@]}" --no-deps "$(grep '^fairseq-fixed==' constraints.txt)"
     has_stack "$PYTHON" || { echo "gpu_check: import still fails:"; "$PYTHON" -c "import fairseq, birq_fairseq"; exit 1; }
     echo "== installed in $(( $(date +%s) - START )) s"

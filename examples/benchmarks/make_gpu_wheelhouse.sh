@@ -29,6 +29,14 @@ PY=${GPU_PYTHON_VERSION:-3.12}
 PURE=(hydra-core omegaconf packaging tqdm sacrebleu portalocker tabulate colorama pycparser soundfile
       joblib threadpoolctl narwhals cloudpickle)
 BINARY=(bitarray regex PyYAML lxml cffi editdistance scipy scikit-learn)
+# Packages the target machine already has (gpu_check.sh installs only what is missing there). The
+# lent H200 image has these (the device tool's KINDS.md), and the device tool carries <= 64 MiB with
+# the working tree: leaving scipy, scikit-learn and lxml out takes the wheelhouse from ~63 to ~14 MiB.
+# GPU_MACHINE_HAS="" for a machine with none of them.
+HAS=" ${GPU_MACHINE_HAS-scipy scikit-learn lxml regex PyYAML sacrebleu portalocker tabulate colorama joblib threadpoolctl narwhals cloudpickle packaging tqdm} "
+keep() { local p; for p in "$@"; do [[ "$HAS" == *" $p "* ]] || echo "$p"; done; }
+PURE=($(keep "${PURE[@]}"))
+BINARY=($(keep "${BINARY[@]}"))
 "${DL[@]}" --only-binary :all: $(for p in "${PURE[@]}"; do pin "$p"; done)
 # `wheel`, which setuptools < 70.1 needs to build the sdists there (--no-build-isolation);
 # setuptools itself is on those machines (torch requires it on Python >= 3.12).

@@ -131,42 +131,8 @@ def frozen_evals(pipe: P.Pipeline) -> None:
     """The frozen evaluation of a finished run's initialisation and final checkpoint."""
     if (pipe.stages.load("pretrain_birq") or {}).get("status") != "done":
         raise SystemExit(f"label_health: {pipe.out} has no finished pretraining: run it first")
-    frozen_eval(pipe, "init", pipe.out / "pretrain" / "none" / "checkpoint_last.pt")
-    frozen_eval(pipe, "final", pipe.out / "pretrain" / "birq" / "checkpoint_last.pt")
-
-
-# The frozen evaluation (SUPERB-style, `birq-fairseq superb`): phonemes (PER) and characters
-# (CER), linear heads over a learned weighted sum of all layers, trained on the corpus's 300
-# labelled utterances, the epoch chosen on valid, scored on both test sets.
-FROZEN_ARGS = ["--train", "finetune", "--valid", "valid", "--test", "test_seen", "test_unseen",
-               "--task", "pr", "asr", "--downstream", "linear"]
-
-
-def frozen_eval(pipe: P.Pipeline, tag: str, upstream) -> dict:
-    """``birq-fairseq superb`` of ``upstream`` (a checkpoint or "fbank") as a resumable stage."""
-    out_json = pipe.out / "frozen" / f"{tag}.json"
-    args = ["-m", "birq_fairseq", "superb", "--upstream", str(upstream), "--data", str(corpus_dir()),
-            "--json", str(out_json), "--cache", str(pipe.out / "frozen" / "cache")] + FROZEN_ARGS
-    upstream_id = [] if str(upstream) == "fbank" else [Path(upstream).stat().st_mtime]
-
-    def action():
-        S.run_command([S.BIN / "python"] + args, pipe.out / "frozen" / f"{tag}.log", env=pipe.env,
-                      line_filter=lambda l: f"   {l}" if ("PER" in l or "rror" in l) else None)
-        return {"result": json.loads(out_json.read_text())}
-
-    return S.run_stage(pipe.stages, f"frozen_{tag}", S.signature([args, upstream_id]), [out_json], action,
-                       pipe.clock, f"frozen evaluation of {tag} ({upstream})")["result"]
-
-
-def frozen_rows(result: dict) -> dict:
-    """{"pr_linear": {"valid": PER, "test_seen": PER, ...}, "asr_linear": {... CER}} of a superb JSON."""
-    rows = {}
-    for r in result.get("runs", []):
-        metric = "per" if r["task"] == "pr" else "cer"
-        rows[f"{r['task']}_{r['downstream']}"] = dict(
-            valid=round(r["valid"][metric], 2), **{split: round(v[metric], 2) for split, v in r["test"].items()},
-            layer_weights=[round(w, 3) for w in r["layer_weights"]])
-    return rows
+    pipe.frozen("init", pipe.out / "pretrain" / "none" / "checkpoint_last.pt")
+    pipe.frozen("final", pipe.out / "pretrain" / "birq" / "checkpoint_last.pt")
 
 
 def write_summary(pipe: P.Pipeline, name: str, seed: int, updates: int) -> dict:
@@ -177,7 +143,7 @@ def write_summary(pipe: P.Pipeline, name: str, seed: int, updates: int) -> dict:
         raise SystemExit(f"label_health: {pipe.out} has no finished pretraining and probe: run it first")
     summary = summarise(name, seed, updates, S.parse_fairseq_log(pipe.out / "pretrain" / "birq" / "train.log"),
                         probe["result"], pretrain)
-    frozen = {tag: frozen_rows(m["result"]) for tag in ("init", "final")
+    frozen = {tag: P.frozen_rows(m["result"]) for tag in ("init", "final")
               if (m := pipe.stages.load(f"frozen_{tag}")) and "result" in m}
     if frozen:
         summary["frozen"] = frozen

@@ -61,11 +61,12 @@ MODEL_MEDIUM = {
 PRESETS: Dict[str, Dict] = {
     # for tests only: seconds, not a meaningful result
     "tiny": dict(corpus="tiny", pretrain_updates=5, finetune_updates=5, max_tokens=64000,
-                 log_interval=1, model=MODEL_SMALL),
+                 log_interval=1, model=MODEL_SMALL, frozen=True),
     "quick": dict(corpus="quick", pretrain_updates=150, finetune_updates=300, max_tokens=128000,
-                  log_interval=10, model=MODEL_SMALL, finetune_overrides=FT_FAST),
+                  log_interval=10, model=MODEL_SMALL, finetune_overrides=FT_FAST, frozen=True),
+    # make demo; frozen: the frozen evaluation's PER / CER table of each starting point too
     "default": dict(corpus="default", pretrain_updates=800, finetune_updates=1000, max_tokens=128000,
-                    log_interval=10, model=MODEL_SMALL, finetune_overrides=FT_FAST),
+                    log_interval=10, model=MODEL_SMALL, finetune_overrides=FT_FAST, frozen=True),
     "large": dict(corpus="large", pretrain_updates=3000, finetune_updates=1500, max_tokens=192000,
                   log_interval=25, model=MODEL_SMALL, finetune_overrides=FT_FAST),
     # The comparison of RESULTS.md (make results), chosen on valid from the grid of
@@ -199,6 +200,27 @@ def fill_recipe(recipe: Sequence[str], updates: int) -> List[str]:
     return [o.replace("{UPDATES_30PCT}", str(int(0.3 * updates))) for o in recipe]
 
 
+# The frozen evaluation (SUPERB-style, `birq-fairseq superb`): phonemes (PER) and characters
+# (CER), linear CTC heads over a learned weighted sum of all layers, trained on the corpus's
+# labelled `finetune` split, the epoch chosen on valid, scored on both test sets.
+FROZEN_ARGS = ["--train", "finetune", "--valid", "valid", "--test", *TEST_SETS,
+               "--task", "pr", "asr", "--downstream", "linear"]
+# the splits the frozen evaluation reads phoneme labels (.phn) of
+PHONEME_SPLITS = ("finetune", "valid") + TEST_SETS
+
+
+def frozen_rows(result: dict) -> dict:
+    """{"pr_linear": {"valid": PER, "test_seen": PER, ..., "layer_weights": [...]}, "asr_linear":
+    {... CER}} of a ``birq-fairseq superb`` JSON."""
+    rows = {}
+    for r in result.get("runs", []):
+        metric = "per" if r["task"] == "pr" else "cer"
+        rows[f"{r['task']}_{r['downstream']}"] = dict(
+            valid=round(r["valid"][metric], 2), **{split: round(v[metric], 2) for split, v in r["test"].items()},
+            layer_weights=[round(w, 3) for w in r["layer_weights"]])
+    return rows
+
+
 class Pipeline:
     """Corpus -> pretrain BiRQ / BEST-RQ / an untrained init -> CTC finetune x3 -> decode x6."""
 
@@ -299,6 +321,41 @@ class Pipeline:
                             self.corpus_dir, ckpt, test, self.out / "decode" / system, self.env, self.clock,
                             f"decode {SYSTEM_LABELS[system]} on {test}", SYSTEM_LABELS[system])
 
+    # ---- frozen evaluation
+    def phoneme_labels(self) -> None:
+        """``<split>.phn`` and ``dict.phn.txt`` for the phoneme task, made once per corpus from the
+        transcripts (espeak-ng, which the corpus builder already uses; ``manifests/make_labels.py
+        --phonemes``). Written beside a scratch copy and moved in, so the corpus's .ltr / .wrd stay."""
+        corpus = self.corpus_dir
+        if all((corpus / f"{s}.phn").exists() for s in PHONEME_SPLITS) and (corpus / "dict.phn.txt").exists():
+            return
+        scratch = self.out / "phoneme_labels"
+        for split in PHONEME_SPLITS:  # finetune first: the phoneme dictionary is made from it
+            run_command([BIN / "python", REPO / "manifests" / "make_labels.py", corpus / f"{split}.tsv",
+                         "--transcripts", corpus / f"{split}.wrd", "--output-dir", scratch, "--phonemes"]
+                        + (["--phoneme-dict"] if split == "finetune" else []),
+                        self.out / "logs" / f"phonemes_{split}.log", env=self.env,
+                        line_filter=lambda l: f"   {l}" if "rror" in l else None)
+        for name in [f"{s}.phn" for s in PHONEME_SPLITS] + ["dict.phn.txt"]:
+            os.replace(scratch / name, corpus / name)
+
+    def frozen(self, tag: str, upstream) -> dict:
+        """``birq-fairseq superb`` of ``upstream`` (a checkpoint or "fbank") as a resumable stage
+        ``frozen_<tag>``; returns the superb JSON."""
+        out_json = self.out / "frozen" / f"{tag}.json"
+        args = ["-m", "birq_fairseq", "superb", "--upstream", str(upstream), "--data", str(self.corpus_dir),
+                "--json", str(out_json), "--cache", str(self.out / "frozen" / "cache")] + FROZEN_ARGS
+        upstream_id = [] if str(upstream) == "fbank" else [Path(upstream).stat().st_mtime]
+
+        def action():
+            self.phoneme_labels()
+            run_command([BIN / "python"] + args, self.out / "frozen" / f"{tag}.log", env=self.env,
+                        line_filter=lambda l: f"   {l}" if ("PER" in l or "rror" in l) else None)
+            return {"result": json.loads(out_json.read_text())}
+
+        return run_stage(self.stages, f"frozen_{tag}", signature([args, upstream_id]), [out_json], action,
+                         self.clock, f"frozen evaluation of {tag} ({upstream})")["result"]
+
     # ---- label-quality probe
     def probe(self, test: str = "test_seen") -> dict:
         """PNMI / purity of the anchor and enhanced codes over pretraining (every saved
@@ -351,6 +408,8 @@ class Pipeline:
             if s in finetuned:
                 results[s] = OrderedDict((t, self.decode(s, finetuned[s], t)) for t in self.eval_sets)
         summary = {"corpus": corpus, "results": results}
+        if self.p.get("frozen"):  # the frozen evaluation of each starting point (the init: random init)
+            summary["frozen"] = OrderedDict((s, frozen_rows(self.frozen(s, ckpts[s]))) for s in SYSTEMS if s in ckpts)
         if self.p.get("probe") and ("topline" in finetuned or self.aligner.exists()):
             summary["probe"] = self.probe()
         summary["timings"] = self.stages.timings()

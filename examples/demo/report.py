@@ -41,6 +41,19 @@ def wer_table(results: Dict[str, Dict[str, dict]], metric: str = "wer") -> str:
     return "\n".join(lines)
 
 
+def frozen_table(frozen: Dict[str, dict]) -> str:
+    """Markdown table of the frozen evaluation of each starting point: ``frozen[system]`` is
+    ``pipeline.frozen_rows``'s dict (PER of the phoneme head, CER of the character head)."""
+    lines = ["| upstream (frozen) | PER seen voices | PER unseen voices | CER seen voices | CER unseen voices |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for system, rows in frozen.items():
+        cells = [f"{rows[key][test]:.1f}" if test in rows.get(key, {}) else "–"
+                 for key in ("pr_linear", "asr_linear") for test in TEST_SETS]
+        label = "random init" if system == "none" else SYSTEM_LABELS[system]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def as_list(value) -> list:
     """A decode result, or a list of them (one per seed), as a list."""
     return value if isinstance(value, list) else [value]
@@ -380,7 +393,8 @@ def timings_table(runs: Dict[str, dict]) -> str:
 
 def render_results_md(preset_name: str, preset: dict, seed_runs, ablation_runs, corpus: dict,
                       ablation_descriptions: Dict[str, str], plots_rel: str,
-                      label_health_table: str = "_No label-health summaries committed._") -> str:
+                      label_health_table: str = "_No label-health summaries committed._",
+                      ladder_table: str = "_No ladder rungs committed._") -> str:
     """RESULTS.md: templates/RESULTS.md filled with tables made from the committed summaries only
     (nothing here depends on the time or the machine it runs on, so the committed file can be
     checked against a fresh rendering)."""
@@ -401,7 +415,7 @@ def render_results_md(preset_name: str, preset: dict, seed_runs, ablation_runs, 
         ratio_table=_table(["ratio", "seen voices", "unseen voices", "target"], ["---", "---:", "---:", "---"],
                            ratio_rows(merged)),
         per_seed_table=per_seed_table(seed_runs), plots=plots_rel,
-        label_health_table=label_health_table.rstrip(),
+        label_health_table=label_health_table.rstrip(), ladder_table=ladder_table.rstrip(),
         probe_table=probe_table(seed_runs), diagnostics_table=diagnostics_table(seed_runs),
         first_seed=first_seed, ablation_table=ablation_table(seed_runs, ablation_runs, ablation_descriptions),
         grid=grid.read_text().rstrip() if grid.exists() else "_No grid summaries committed._",

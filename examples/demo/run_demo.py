@@ -16,7 +16,9 @@ from its checkpoint_last.pt):
  4. finetune     stock wav2vec_ctc + ctc criterion (examples/finetune/tiny_ctc.yaml) on the
                  labelled subset `finetune`, identical settings for the three starting points
  5. decode       fairseq-generate --task birq_finetuning --scoring wer on test_seen/test_unseen
- 6. report       WER table, OUT/results.json, OUT/pretraining_curves.png, OUT/wer.png
+ 6. frozen       the frozen evaluation of each starting point (`birq-fairseq superb`: PER and
+                 CER of linear heads over all layers; phoneme labels made once with espeak-ng)
+ 7. report       WER / CER / frozen tables, OUT/results.json, OUT/pretraining_curves.png, OUT/wer.png
 
 Results are from checkpoint_last.pt of each finetuning run (no model selection on valid).
 """
@@ -114,6 +116,11 @@ def report(out: Path, pipe: P.Pipeline, summary: dict, preset_name: str, preset:
     print(R.wer_table(results, "wer"))
     print("\nCER (%) (same decodes):")
     print(R.wer_table(results, "cer"))
+    if summary.get("frozen"):
+        doc["frozen"] = summary["frozen"]
+        print("\nFrozen evaluation (birq-fairseq superb: linear CTC heads over a learned weighted sum of all "
+              "layers of the frozen encoder, trained on the labelled split; PER of phonemes, CER of characters, %):")
+        print(R.frozen_table(summary["frozen"]))
     print(doc["relation_to_results_md"])
     for name, f in final.items():
         print(f"{name} at update {f.get('num_updates')}: " + " ".join(

@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import label_health  # noqa: E402
+import ladder  # noqa: E402
 import pipeline as P  # noqa: E402
 import report as R  # noqa: E402
 import stages as S  # noqa: E402
@@ -99,13 +100,14 @@ def get_parser():
 
 
 def results_md(preset_name: str, preset: dict, corpus_dir: Path, plots_rel: str) -> str:
-    """RESULTS.md's text from the committed summaries (those of ``make results`` and of the
-    label-health grid) only; tests check the committed RESULTS.md against it."""
+    """RESULTS.md's text from the committed summaries (those of ``make results``, the
+    label-health grid and the ladder) only; tests check the committed RESULTS.md against it."""
     seed_runs, ablation_runs = R.load_summaries(preset_name)
     corpus = dict(seed_runs[max(seed_runs)]["corpus"], _dir=str(corpus_dir))
     return R.render_results_md(preset_name, preset, seed_runs, ablation_runs, corpus,
                                {name: d for name, (d, _) in ABLATIONS.items()}, plots_rel,
-                               label_health_table=label_health.report(write=False))
+                               label_health_table=label_health.report(write=False),
+                               ladder_table=ladder.report(write=False))
 
 
 def main(argv=None) -> int:

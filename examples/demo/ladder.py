@@ -1,0 +1,286 @@
+#!/usr/bin/env python
+"""The pretraining ladder (issue "Measure what pretraining buys"): BEST-RQ and BiRQ over model
+size and pretraining length, each rung scored the way the field scores speech SSL.
+
+    .venv/bin/python examples/demo/ladder.py --list
+    .venv/bin/python examples/demo/ladder.py --runs medium:bestrq:10000:1 medium:birq:10000:1 medium:none:0:1
+    .venv/bin/python examples/demo/ladder.py --report      # summaries -> ladder/ladder.md + ladder.png
+
+A rung is SIZE:SYSTEM:UPDATES:SEED. SIZE is a model of ``SIZES`` (tiny 4x96, medium 6x192,
+large 8x256; tiny_birq.yaml otherwise), SYSTEM one of ``SYSTEMS`` (``none`` is the seeded
+random initialisation: UPDATES 0). Each rung runs on the demo's stages (``pipeline.Pipeline``:
+the same override builders, resumable stages, 8 s batches, one thread), on the demo's default
+corpus, and is scored by
+  - the frozen evaluation (``birq-fairseq superb``: PER and CER of linear heads over a learned
+    weighted sum of all layers, 300 labelled utterances, epoch chosen on valid), and
+  - CTC finetuning (``wav2vec_ctc``, the regime's recipes: FT_FAST for no pretraining,
+    FT_FROZEN_FIRST for pretrained encoders, chosen on valid in examples/demo/regime) on the
+    first 100 and on all 300 labelled utterances, decoded with fairseq-generate on valid and
+    both test sets.
+``fbank`` (no upstream, the frozen evaluation only) is its own rung: ``--runs fbank``.
+
+A finished rung writes examples/demo/ladder/<rung>.json (committed); ``--report`` draws the table
+(mean +- std over seeds) and PER / CER against the audio hours seen in pretraining, one curve per
+system and size, random init and fbank as flat lines. Choices are made on valid only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from typing import List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import label_health as LH  # noqa: E402  (the corpus the label-health grid runs on)
+import pipeline as P  # noqa: E402
+import stages as S  # noqa: E402
+
+SUMMARY_DIR = S.REPO / "examples" / "demo" / "ladder"
+SIZES: "OrderedDict[str, dict]" = OrderedDict([
+    ("tiny", P.MODEL_SMALL),  # 4 x 96: the model of every other experiment here
+    ("medium", P.MODEL_MEDIUM),  # 6 x 192
+    ("large", dict(P.MODEL_MEDIUM, **{"model.encoder_layers": 8, "model.encoder_embed_dim": 256,
+                                      "model.encoder_ffn_embed_dim": 1024})),  # 8 x 256
+])
+# System -> (Pipeline system, BiRQ overrides). BiRQ runs at the defaults (the balanced label
+# generator, docs/method.md#label-generator); "stopgrad" is BiRQ with the label gradient stopped.
+SYSTEMS: "OrderedDict[str, tuple]" = OrderedDict([
+    ("none", ("none", [])),
+    ("bestrq", ("bestrq", [])),
+    ("birq", ("birq", [])),
+    ("stopgrad", ("birq", ["++model.enhanced_label_grad=false"])),
+])
+LABELLED = (100, 300)  # CTC finetuning sizes: the first 100 and all 300 labelled utterances
+FINETUNE_UPDATES = 2000
+
+
+def parse_rung(text: str):
+    """``SIZE:SYSTEM:UPDATES:SEED`` -> (size, system, updates, seed), or ``fbank``."""
+    if text == "fbank":
+        return ("fbank",)
+    parts = text.split(":")
+    if (len(parts) != 4 or parts[0] not in SIZES or parts[1] not in SYSTEMS
+            or not parts[2].isdigit() or not parts[3].isdigit()):
+        raise ValueError(f"rung {text!r}: expected SIZE:SYSTEM:UPDATES:SEED with SIZE in {list(SIZES)} and "
+                         f"SYSTEM in {list(SYSTEMS)}, or 'fbank'")
+    size, system, updates, seed = parts[0], parts[1], int(parts[2]), int(parts[3])
+    if (system == "none") != (updates == 0):
+        raise ValueError(f"rung {text!r}: 'none' (the random initialisation) takes 0 updates, the others > 0")
+    return size, system, updates, seed
+
+
+def rung_name(size: str, system: str, updates: int, seed: int) -> str:
+    length = "init" if system == "none" else (f"{updates // 1000}k" if updates % 1000 == 0 else f"{updates}u")
+    return f"{size}_{system}_{length}_seed{seed}"
+
+
+def preset(size: str, updates: int, labelled: int = None, finetune_updates: int = FINETUNE_UPDATES) -> dict:
+    regime = P.PRESETS["regime"]
+    return dict(corpus=LH.CORPUS_PRESET, pretrain_updates=max(updates, 1), finetune_updates=finetune_updates,
+                max_tokens=128000, log_interval=100, model=SIZES[size], labelled=labelled, decode_valid=True,
+                finetune_overrides=regime["finetune_overrides"],
+                finetune_overrides_by_system=regime["finetune_overrides_by_system"])
+
+
+def pipelines(out: Path, size: str, system: str, updates: int, seed: int, threads: int,
+              finetune_updates: int = FINETUNE_UPDATES):
+    """The rung's pretraining pipeline and one finetuning pipeline per labelled size; these
+    share the pretraining stage's identity, so a re-pretrained rung is finetuned again."""
+    pipe_system, birq = SYSTEMS[system]
+    root = out / rung_name(size, system, updates, seed)
+    pre = P.Pipeline(root, preset(size, updates), LH.corpus_dir(), LH.CORPUS_PRESET, seed=seed, threads=threads,
+                     birq_overrides=birq, systems=(pipe_system,))
+    fts = OrderedDict()
+    for n in LABELLED:
+        ft = P.Pipeline(root / f"ft{n}", preset(size, updates, n, finetune_updates), LH.corpus_dir(), LH.CORPUS_PRESET,
+                        seed=seed, threads=threads, systems=(pipe_system,))
+        ft.stage_identity = (lambda name, ft=ft: pre.stage_identity(name) if name.startswith("pretrain_")
+                             else P.Pipeline.stage_identity(ft, name))
+        fts[n] = ft
+    return pre, fts, pipe_system
+
+
+def run(out: Path, rung: tuple, threads: int, finetune_updates: int = FINETUNE_UPDATES,
+        summaries: Path = SUMMARY_DIR) -> dict:
+    if rung == ("fbank",):
+        pipe = P.Pipeline(out / "fbank", preset("tiny", 0), LH.corpus_dir(), LH.CORPUS_PRESET, threads=threads)
+        pipe.corpus()
+        result = pipe.frozen("fbank", "fbank")
+        return write_summary({"rung": "fbank", "system": "fbank", "frozen": P.frozen_rows(result)}, "fbank", summaries)
+    size, system, updates, seed = rung
+    pre, fts, pipe_system = pipelines(out, size, system, updates, seed, threads, finetune_updates)
+    pre.corpus()
+    ckpt = pre.pretrain(pipe_system)
+    frozen = pre.frozen("final", ckpt)
+    finetune = OrderedDict()
+    for n, ft in fts.items():
+        model = ft.finetune(pipe_system, ckpt)
+        finetune[str(n)] = OrderedDict((t, ft.decode(pipe_system, model, t)) for t in ft.eval_sets)
+    summary = summarise(pre, size, system, updates, seed, frozen, finetune)
+    summary["finetune_updates"] = finetune_updates
+    return write_summary(summary, rung_name(size, system, updates, seed), summaries)
+
+
+def summarise(pre: P.Pipeline, size: str, system: str, updates: int, seed: int, frozen: dict, finetune: dict) -> dict:
+    pipe_system = SYSTEMS[system][0]
+    marker = pre.stages.load(f"pretrain_{pipe_system}") or {}
+    summary = OrderedDict(rung=rung_name(size, system, updates, seed), size=size, system=system, updates=updates,
+                          seed=seed, model=SIZES[size], overrides=SYSTEMS[system][1],
+                          pretrain_wall_seconds=marker.get("wall_seconds"),
+                          pretrain_cpu_seconds=marker.get("cpu_seconds"))
+    if system != "none":
+        log = S.parse_fairseq_log(pre.out / "pretrain" / pipe_system / "train.log")["train"]
+        # audio per update, measured: fairseq's audio_sec_per_sec over its updates per second
+        per_update = [float(r["audio_sec_per_sec"]) / float(r["ups"]) for r in log
+                      if float(r.get("ups", 0) or 0) > 0 and "audio_sec_per_sec" in r]
+        summary["audio_seconds_per_update"] = round(sum(per_update) / len(per_update), 3) if per_update else None
+        summary["audio_hours_seen"] = round(updates * summary["audio_seconds_per_update"] / 3600, 2) \
+            if per_update else None
+        last = log[-1] if log else {}
+        summary["final_train"] = {k: last[k] for k in ("loss", "anchor_acc", "anchor_code_ppl", "enhanced_acc",
+                                                       "enhanced_code_ppl") if k in last}
+    else:
+        summary["audio_hours_seen"] = 0.0
+    summary["frozen"] = P.frozen_rows(frozen)
+    summary["finetune"] = {n: {t: {"cer": round(r["cer"], 2), "wer": round(r["wer"], 2)} for t, r in res.items()}
+                           for n, res in finetune.items()}
+    return summary
+
+
+def write_summary(summary: dict, name: str, directory: Path = SUMMARY_DIR) -> dict:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"-- ladder rung {name} -> {path}", flush=True)
+    return summary
+
+
+# --------------------------------------------------------------------------- report
+METRICS = [("PER", "frozen", "pr_linear"), ("CER", "frozen", "asr_linear"),
+           ("CER ft100", "finetune", "100"), ("CER ft300", "finetune", "300")]
+SPLITS = ("test_seen", "test_unseen")
+
+
+def load_summaries(directory: Path = SUMMARY_DIR) -> List[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(directory).glob("*.json"))]
+
+
+def metric(row: dict, kind: str, key: str, split: str):
+    block = (row.get(kind) or {}).get(key) or {}
+    value = block.get(split)
+    return value["cer"] if isinstance(value, dict) else value
+
+
+def mean_std(values: List[float]) -> str:
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def groups(rows: List[dict]) -> "OrderedDict[tuple, List[dict]]":
+    order = {s: i for i, s in enumerate(list(SIZES) + ["fbank"])}
+    keyed = OrderedDict()
+    for r in sorted(rows, key=lambda r: (order.get(r.get("size", "fbank"), 9), r.get("updates", 0),
+                                         list(SYSTEMS).index(r["system"]) if r["system"] in SYSTEMS else 9)):
+        keyed.setdefault((r.get("size", "–"), r["system"], r.get("updates", 0)), []).append(r)
+    return keyed
+
+
+def report(directory: Path = SUMMARY_DIR, write: bool = True) -> str:
+    """The ladder table (mean ± std over seeds, %, test sets seen / unseen); with ``write`` also
+    ``ladder.md`` and the plot ``ladder.png`` beside the summaries."""
+    rows = load_summaries(directory)
+    if not rows:
+        return "_No ladder rungs committed._\n"
+    cols = [f"{m} {s}" for m, _, _ in METRICS for s in ("seen", "unseen")]
+    lines = ["| size | system | updates | audio h seen | seeds | valid PER | " + " | ".join(cols) + " |",
+             "| --- | --- | ---: | ---: | --- | ---: | " + " | ".join("---:" for _ in cols) + " |"]
+    for (size, system, updates), rs in groups(rows).items():
+        hours = [r["audio_hours_seen"] for r in rs if r.get("audio_hours_seen") is not None]
+        cells = [mean_std([v for r in rs if (v := metric(r, kind, key, split)) is not None])
+                 for _, kind, key in METRICS for split in SPLITS]
+        valid = mean_std([v for r in rs if (v := metric(r, "frozen", "pr_linear", "valid")) is not None])
+        lines.append(f"| {size} | {system} | {updates} | {(sum(hours) / len(hours)) if hours else 0:.1f} | "
+                     f"{', '.join(str(r.get('seed', '–')) for r in rs)} | {valid} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if write:
+        (Path(directory) / "ladder.md").write_text(text)
+        plot(rows, Path(directory) / "ladder.png")
+    return text
+
+
+def plot(rows: List[dict], out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    colours = {"bestrq": "C0", "birq": "C1", "stopgrad": "C2"}
+    styles = {"tiny": ":", "medium": "-", "large": "--"}
+    for ax, (name, kind, key) in zip(axes, METRICS):
+        for size in SIZES:
+            for system, colour in colours.items():
+                pts = OrderedDict()
+                for r in rows:
+                    if r.get("size") == size and r["system"] == system:
+                        v = metric(r, kind, key, "test_seen")
+                        if v is not None:
+                            pts.setdefault(r["audio_hours_seen"], []).append(v)
+                if pts:
+                    xs = sorted(pts)
+                    ax.errorbar(xs, [sum(pts[x]) / len(pts[x]) for x in xs],
+                                yerr=[(max(pts[x]) - min(pts[x])) / 2 for x in xs], color=colour, ls=styles[size],
+                                marker="o", ms=3, capsize=2, label=f"{system} {size}")
+            flat = [metric(r, kind, key, "test_seen") for r in rows if r.get("size") == size and r["system"] == "none"]
+            flat = [v for v in flat if v is not None]
+            if flat:
+                ax.axhline(sum(flat) / len(flat), color="grey", ls=styles[size], lw=0.8, label=f"random init {size}")
+        fb = [metric(r, kind, key, "test_seen") for r in rows if r["system"] == "fbank"]
+        if fb and fb[0] is not None:
+            ax.axhline(fb[0], color="black", lw=0.8, label="fbank")
+        ax.set(title=f"{name} (%) on test_seen", xlabel="audio hours seen in pretraining")
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="*", default=[], help="SIZE:SYSTEM:UPDATES:SEED rungs or fbank, in order")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--finetune-updates", type=int, default=FINETUNE_UPDATES,
+                   help=f"CTC finetuning updates per labelled size (default {FINETUNE_UPDATES}; less only to try it out)")
+    p.add_argument("--out", default=str(S.REPO / "results_runs" / "ladder"))
+    p.add_argument("--summaries", default=str(SUMMARY_DIR), help="where finished rungs write their JSON")
+    p.add_argument("--list", action="store_true", help="the sizes and systems")
+    p.add_argument("--report", action="store_true")
+    args = p.parse_args(argv)
+    if args.list:
+        for name, model in SIZES.items():
+            print(f"size {name}: {' '.join(f'{k}={v}' for k, v in model.items())}")
+        for name, (pipe_system, over) in SYSTEMS.items():
+            print(f"system {name}: {pipe_system} {' '.join(over)}")
+        return 0
+    try:
+        rungs = [parse_rung(r) for r in args.runs]
+    except ValueError as e:
+        p.error(str(e))
+    out = Path(args.out).resolve()
+    for rung in rungs:
+        run(out, rung, args.threads, args.finetune_updates, Path(args.summaries))
+    if args.report or rungs:
+        print(report(Path(args.summaries)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
