@@ -34,6 +34,12 @@ setup(
                  "scikit-learn==1.9.1", "joblib==1.6.0"],
         # birq-fairseq export --onnx, and running the exported encoder (tests/test_export.py)
         "export": ["onnx==1.23.2", "onnxruntime==1.31.1"],
+        # SpeechBrain's BEST-RQ as a reference (examples/reference/speechbrain_bestrq.py). Its YAML
+        # loader's pins: hyperpyyaml 1.2.3 wants ruamel.yaml < 0.19. speechbrain's requests,
+        # sentencepiece and huggingface_hub are for modules the script does not import.
+        "reference": ["speechbrain==1.1.2", "hyperpyyaml==1.2.3", "ruamel.yaml==0.18.16",
+                      'ruamel.yaml.clib==0.2.15; platform_python_implementation == "CPython" and '
+                      'python_version < "3.14"'],
     },
     entry_points={"console_scripts": [
         "birq-fairseq=birq_fairseq.cli:main",

@@ -33,7 +33,8 @@ Features are extracted once per upstream and split and cached under ``--cache``
 (``<cache>/<checkpoint name>-<key>/<split>-<key>.npy``), keyed by the checkpoint's absolute
 path, modification time and size, the layer set and the manifest's path, modification time
 and size: every task, downstream and rerun reuses them, and a retrained checkpoint (new
-mtime) is extracted again.
+mtime) is extracted again. :func:`run_superb` also takes an already-built upstream object
+(examples/reference/speechbrain_bestrq.py), keyed by its class and its checkpoint's identity.
 """
 
 import copy
@@ -199,15 +200,27 @@ def _digest(obj) -> str:
 
 
 class FeatureCache:
-    """Where one upstream's features live: ``<root>/<name>-<key of upstream and layers>/``."""
+    """Where one upstream's features live: ``<root>/<name>-<key of upstream and layers>/``.
 
-    def __init__(self, root: str, upstream_spec: str, layers: Optional[Sequence[int]]):
-        if upstream_spec == upstreams.FBANK:
+    ``upstream``: ``"fbank"``, a checkpoint path, or an already-built
+    :class:`~birq_fairseq.upstream.FrozenUpstream` (e.g. a model this package does not load);
+    such an object is keyed by its class and its ``path``: the checkpoint file's identity
+    when ``path`` is a file, else ``path`` itself, which must then change whenever the
+    weights do.
+    """
+
+    def __init__(self, root: str, upstream, layers: Optional[Sequence[int]]):
+        if isinstance(upstream, upstreams.FrozenUpstream):
+            path = str(upstream.path)
+            kind = f"{type(upstream).__module__}.{type(upstream).__qualname__}"
+            self.identity = {"upstream": _file_identity(path) if os.path.isfile(path) else path, "class": kind}
+            name = os.path.splitext(os.path.basename(path))[0]
+        elif upstream == upstreams.FBANK:
             self.identity = {"upstream": upstreams.FBANK, "n_mels": 80, "normalization": "utterance"}
             name = upstreams.FBANK
         else:
-            self.identity = {"upstream": _file_identity(upstream_spec)}
-            name = os.path.splitext(os.path.basename(upstream_spec))[0]
+            self.identity = {"upstream": _file_identity(upstream)}
+            name = os.path.splitext(os.path.basename(upstream))[0]
         self.identity.update(layers=None if layers is None else sorted(layers), format=FEATURE_FORMAT)
         self.dir = os.path.join(root, f"{name}-{_digest(self.identity)}")
 
@@ -474,21 +487,29 @@ def train_probe(task: str, downstream: str, train: SplitFeatures, train_labels: 
 
 # --------------------------------------------------------------------------- the evaluation
 class Evaluation:
-    """Features of every split for one upstream, extracted (or read from the cache) once."""
+    """Features of every split for one upstream, extracted (or read from the cache) once.
 
-    def __init__(self, upstream: str, data: str, cache: str, layers: Optional[Sequence[int]] = None,
+    ``upstream``: ``"fbank"``, a BiRQ checkpoint path (loaded on first need), or an
+    already-built :class:`~birq_fairseq.upstream.FrozenUpstream` with its documented
+    attributes (how examples/reference/ scores encoders this package does not load).
+    """
+
+    def __init__(self, upstream, data: str, cache: str, layers: Optional[Sequence[int]] = None,
                  device: str = "cpu", extract_batch_size: int = 8):
-        if upstream != upstreams.FBANK and not os.path.isfile(upstream):
+        built = isinstance(upstream, upstreams.FrozenUpstream)
+        if not built and upstream != upstreams.FBANK and not os.path.isfile(upstream):
             raise FileNotFoundError(f"upstream checkpoint not found: {upstream} "
                                     f"(or pass '{upstreams.FBANK}' for the filterbank)")
         if layers is not None and (not layers or min(layers) < 0):
             raise ValueError(f"--layers {list(layers)}: give hidden-state indices >= 0 (0 = the encoder input)")
-        self.upstream_spec, self.data = upstream, data
+        self.upstream_spec, self.data = (str(upstream.path) if built else upstream), data
         self.layers = None if layers is None else sorted(set(layers))  # one order: one cache key, one layout
         self.cache = FeatureCache(cache, upstream, self.layers)
         self.device = torch.device(device)
         self.extract_batch_size = extract_batch_size
         self._upstream = None
+        if built:
+            self._set_upstream(upstream)
         self._features: Dict[str, SplitFeatures] = {}
         self.cache_use: Dict[str, str] = {}
         self.upstream_info: Dict[str, object] = {}
@@ -496,11 +517,14 @@ class Evaluation:
     def upstream(self):
         """The upstream model, loaded on first need (never when every split is cached)."""
         if self._upstream is None:
-            self._upstream = upstreams.load_upstream(self.upstream_spec)
-            n = self._upstream.num_hidden_states
-            if self.layers is not None and self.layers[-1] >= n:
-                raise ValueError(f"--layers {self.layers}: the upstream has hidden states 0..{n - 1}")
+            self._set_upstream(upstreams.load_upstream(self.upstream_spec))
         return self._upstream
+
+    def _set_upstream(self, upstream) -> None:
+        n = upstream.num_hidden_states
+        if self.layers is not None and self.layers[-1] >= n:
+            raise ValueError(f"--layers {self.layers}: the upstream has hidden states 0..{n - 1}")
+        self._upstream = upstream
 
     def features(self, split: Split) -> SplitFeatures:
         if split.name not in self._features:
@@ -516,12 +540,13 @@ class Evaluation:
         return self._features[split.name]
 
 
-def run_superb(upstream: str, data: str, train_split: str, valid_split: Optional[str], test_splits: Sequence[str],
+def run_superb(upstream, data: str, train_split: str, valid_split: Optional[str], test_splits: Sequence[str],
                tasks: Sequence[str] = TASKS, downstreams: Sequence[str] = ("linear",),
                cfg: Optional[TrainConfig] = None, cache: str = DEFAULT_CACHE, layers: Optional[Sequence[int]] = None,
                device: str = "cpu", extract_batch_size: int = 8) -> dict:
     """The frozen evaluation of one upstream: every task x downstream, scored on each test split.
 
+    ``upstream``: ``"fbank"``, a checkpoint path or a built ``FrozenUpstream`` (see :class:`Evaluation`).
     Returns a JSON-able dict (see :func:`format_table` for the printed form).
     """
     cfg = cfg or TrainConfig()
@@ -541,7 +566,7 @@ def run_superb(upstream: str, data: str, train_split: str, valid_split: Optional
     feats = {name: ev.features(split) for name, split in splits.items()}
     first = feats[train_split]
     result = {
-        "upstream": upstream, "data": os.path.abspath(data), "train": train_split, "valid": valid_split,
+        "upstream": ev.upstream_spec, "data": os.path.abspath(data), "train": train_split, "valid": valid_split,
         "test": list(test_splits), "hidden_states": first.num_states, "hidden_size": first.dim,
         "layers": ev.layers if ev.layers is not None else list(range(first.num_states)),
         "cache": {"dir": ev.cache.dir, "splits": dict(ev.cache_use)}, "config": dict(vars(cfg)), "runs": [],

@@ -95,6 +95,9 @@ class FrozenUpstream(nn.Module):
     Attributes: ``sample_rate``, ``normalize`` (per-clip waveform normalisation),
     ``min_samples`` (shortest clip with one frame), ``downsample_rate`` (samples per frame),
     ``num_hidden_states`` (N), ``hidden_size`` (D), ``path`` (checkpoint or ``"fbank"``).
+    A subclass with these and ``forward(source, padding_mask) -> (N states (B, T', D), lengths (B,))``
+    can be passed, built, to :func:`birq_fairseq.superb.run_superb` (encoders this package does
+    not load, e.g. examples/reference/speechbrain_bestrq.py); its ``path`` keys the feature cache.
     """
 
     def train(self, mode: bool = True):

@@ -71,3 +71,20 @@ def test_no_fairseq_and_no_wheelhouse_is_a_clear_error(tmp_path):
     proc = subprocess.run(["bash", str(SCRIPT), "--cpu"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2
     assert f"no wheelhouse at {tmp_path / 'none'}" in proc.stderr and "make_gpu_wheelhouse.sh" in proc.stderr
+
+
+def test_parts_run_alone_and_an_unknown_part_is_named(tmp_path):
+    """--parts picks what runs (here the Conformer timing alone); the JSON is complete and OK
+    with only that part's checks; a misspelt part is refused with the valid names."""
+    out = tmp_path / "conformer.json"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    script = REPO / "examples" / "benchmarks" / "gpu_check.py"
+    proc = subprocess.run([sys.executable, str(script), "--cpu", "--parts", "conformer", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["complete"] and res["ok"] and "train" not in res and "timing" not in res
+    assert set(res["checks"]) == {"conformer_bf16_losses_finite", "conformer_fp16_losses_finite"}
+    bad = subprocess.run([sys.executable, str(script), "--cpu", "--parts", "timing,trian", "--out", str(out)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode == 2 and "trian" in bad.stderr and "conformer" in bad.stderr

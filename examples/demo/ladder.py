@@ -36,6 +36,7 @@ from typing import List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import label_health as LH  # noqa: E402  (the corpus the label-health grid runs on)
 import pipeline as P  # noqa: E402
+import report as R  # noqa: E402
 import stages as S  # noqa: E402
 
 SUMMARY_DIR = S.REPO / "examples" / "demo" / "ladder"
@@ -175,13 +176,11 @@ def metric(row: dict, kind: str, key: str, split: str):
 
 
 def mean_std(values: List[float]) -> str:
+    """"m ± s" over seeds (sample std), "m" for one seed, "–" for none."""
     if not values:
         return "–"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.1f}"
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.1f} ± {std:.1f}"
+    mean, std = R.mean_std(values)
+    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {std:.1f}"
 
 
 def groups(rows: List[dict]) -> "OrderedDict[tuple, List[dict]]":
