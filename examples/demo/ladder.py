@@ -221,32 +221,37 @@ def plot(rows: List[dict], out_png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 8.5), squeeze=False)
     colours = {"bestrq": "C0", "birq": "C1", "stopgrad": "C2"}
     styles = {"tiny": ":", "medium": "-", "large": "--"}
-    for ax, (name, kind, key) in zip(axes, METRICS):
-        for size in SIZES:
-            for system, colour in colours.items():
-                pts = OrderedDict()
-                for r in rows:
-                    if r.get("size") == size and r["system"] == system:
-                        v = metric(r, kind, key, "test_seen")
-                        if v is not None:
-                            pts.setdefault(r["audio_hours_seen"], []).append(v)
-                if pts:
-                    xs = sorted(pts)
-                    ax.errorbar(xs, [sum(pts[x]) / len(pts[x]) for x in xs],
-                                yerr=[(max(pts[x]) - min(pts[x])) / 2 for x in xs], color=colour, ls=styles[size],
-                                marker="o", ms=3, capsize=2, label=f"{system} {size}")
-            flat = [metric(r, kind, key, "test_seen") for r in rows if r.get("size") == size and r["system"] == "none"]
-            flat = [v for v in flat if v is not None]
-            if flat:
-                ax.axhline(sum(flat) / len(flat), color="grey", ls=styles[size], lw=0.8, label=f"random init {size}")
-        fb = [metric(r, kind, key, "test_seen") for r in rows if r["system"] == "fbank"]
-        if fb and fb[0] is not None:
-            ax.axhline(fb[0], color="black", lw=0.8, label="fbank")
-        ax.set(title=f"{name} (%) on test_seen", xlabel="audio hours seen in pretraining")
-    axes[0].legend(fontsize=6)
+    for row, split in enumerate(SPLITS):
+        for ax, (name, kind, key) in zip(axes[row], METRICS):
+            for size in SIZES:
+                init = [v for r in rows if r.get("size") == size and r["system"] == "none"
+                        and (v := metric(r, kind, key, split)) is not None]
+                for system, colour in colours.items():
+                    # each curve starts at its size's random initialisation (0 h seen)
+                    pts = OrderedDict([(0.0, init)] if init else [])
+                    for r in rows:
+                        if r.get("size") == size and r["system"] == system:
+                            v = metric(r, kind, key, split)
+                            if v is not None:
+                                pts.setdefault(r["audio_hours_seen"], []).append(v)
+                    if len(pts) > bool(init):
+                        xs = sorted(pts)
+                        stats = [R.mean_std(pts[x]) for x in xs]
+                        ax.errorbar(xs, [m for m, _ in stats], yerr=[sd for _, sd in stats], color=colour,
+                                    ls=styles[size], marker="o", ms=3, capsize=2, label=f"{system} {size}")
+                if init:
+                    ax.axhline(sum(init) / len(init), color="grey", ls=styles[size], lw=0.8,
+                               label=f"random init {size}")
+            fb = [v for r in rows if r["system"] == "fbank" and (v := metric(r, kind, key, split)) is not None]
+            if fb:
+                ax.axhline(fb[0], color="black", lw=0.8, label="fbank")
+            ax.set_xlim(left=-0.5)
+            ax.set(title=f"{name} (%) on {split}", xlabel="audio hours seen in pretraining")
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle("The ladder: mean ± std over seeds (lower is better)")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
