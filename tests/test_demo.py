@@ -491,6 +491,24 @@ def test_ladder_rungs_parse_and_reject_bad_ones():
     assert L.SIZES["medium"]["model.encoder_embed_dim"] == 192 and L.SIZES["large"]["model.encoder_layers"] == 8
 
 
+def test_ladder_system_overrides_reach_only_their_pretraining(tmp_path, monkeypatch):
+    """A BEST-RQ variant's overrides (bestrq8192) reach BEST-RQ's pretraining run; BiRQ's variants
+    (stopgrad) reach BiRQ's; plain BEST-RQ gets neither, so its committed rungs keep their identity."""
+    import ladder as L
+
+    monkeypatch.setattr(L.LH, "corpus_dir", lambda: tmp_path / "corpus")
+
+    def overrides(system):
+        pre, _, pipe_system = L.pipelines(tmp_path, "medium", system, 200, 1, threads=1)
+        return pre.pretrain_overrides(pipe_system, tmp_path / "save")
+
+    wide, plain, stop = overrides("bestrq8192"), overrides("bestrq"), overrides("stopgrad")
+    assert "++model.anchor_codebook_size=8192" in wide and "model.enhanced_stream=false" in wide
+    assert [o for o in wide if o != "++model.anchor_codebook_size=8192"] == plain
+    assert "++model.enhanced_label_grad=false" in stop and "model.enhanced_stream=true" in stop
+    assert not any("8192" in o or "label_grad" in o for o in plain)
+
+
 def test_ladder_summary_measures_audio_seen_and_reads_the_stages(tmp_path, monkeypatch):
     """audio hours seen = updates x the logged audio per update (audio_sec_per_sec / ups); the
     finetuning pipelines see the pretraining stage's identity, so a re-pretrained rung is finetuned again."""
@@ -515,6 +533,35 @@ def test_ladder_summary_measures_audio_seen_and_reads_the_stages(tmp_path, monke
     assert s["final_train"] == {"loss": 4.0, "anchor_acc": 0.2} and s["pretrain_wall_seconds"] == 12.0
     assert s["frozen"]["pr_linear"]["test_unseen"] == 66.0
     assert s["finetune"]["100"]["test_seen"] == {"cer": 50.12, "wer": 90.0}
+
+
+def test_reference_table_compares_each_encoder_with_its_own_init(tmp_path):
+    import ladder as L
+
+    def superb(per):
+        return {"runs": [{"task": t, "downstream": "linear", "valid": {m: per}, "layer_weights": [1.0],
+                          "test": {"test_seen": {m: per}, "test_unseen": {m: per + 10}}}
+                         for t, m in (("pr", "per"), ("asr", "cer"))]}
+
+    refs, ours = tmp_path / "reference", tmp_path / "ladder"
+    refs.mkdir(), ours.mkdir()
+    for updates, per in ((0, 60.0), (5000, 48.0)):
+        (refs / f"sb_{updates}.json").write_text(json.dumps(
+            {"system": "speechbrain_bestrq", "updates": updates, "seed": 1, "audio_hours_seen": updates / 500,
+             "superb": superb(per)}))
+    for system, updates, seed, per in (("none", 0, 1, 62.0), ("none", 0, 2, 64.0), ("bestrq", 10000, 1, 58.9),
+                                       ("bestrq", 10000, 2, 57.6), ("birq", 10000, 1, 50.0)):
+        (ours / f"{system}{seed}.json").write_text(json.dumps(
+            {"size": "medium", "system": system, "updates": updates, "seed": seed, "audio_hours_seen": updates / 500,
+             "frozen": L.P.frozen_rows(superb(per))}))
+    table = L.reference_report(refs, ours)
+    assert "| SpeechBrain Conformer (reference) | bestrq | 5000 | 10.0 | 1 | 48.0 | 58.0 | 48.0 | 58.0 | 0.800 | 0.829 |" \
+        in table
+    # per-seed ratios to the same seed's init (58.9 / 62 = 0.95, 57.6 / 64 = 0.90), then mean ± std
+    assert "| ours, medium | bestrq | 10000 | 20.0 | 1, 2 | 58.2 ± 0.9 | 68.2 ± 0.9 | 58.2 ± 0.9 | 68.2 ± 0.9 | 0.925 ± 0.035 |" \
+        in table
+    assert "birq" not in table and table.count("random init") == 2
+    assert L.reference_report(tmp_path / "none", ours).startswith("_No reference runs")
 
 
 def test_ladder_report_averages_seeds_and_draws_the_curves(tmp_path):

@@ -108,6 +108,22 @@ def test_training_is_finite_and_resumes(reference, corpus, tmp_path, capsys):  #
     assert torch.load(os.path.join(init, "checkpoint_last.pt"), weights_only=False)["update"] == 0
 
 
+def test_summary_reads_the_checkpoint_and_the_log(reference, corpus, tmp_path):  # noqa: F811
+    out = str(tmp_path / "run")
+    args = ["--data", corpus, "--out", out, "--log-interval", "1", "--save-interval", "1"] + TINY
+    assert reference.main(args + ["--updates", "2"]) == 0
+    with open(os.path.join(out, "train.log"), "a") as f:  # a row past the checkpoint (a run killed after it)
+        f.write(json.dumps({"update": 3, "loss": 1.0, "accuracy": 0.5, "lr": 0.1, "wall": 9.0}) + "\n")
+    frozen = {"runs": [{"task": "pr", "downstream": "linear"}]}
+    s = reference.summarise(reference.parse_args(args + ["--updates", "2"]), frozen)
+    log = train_log(out)
+    assert s["updates"] == 2 and s["rung"].startswith("speechbrain_bestrq_") and s["rung"].endswith("_2_seed1")
+    assert s["final_train"] == {k: log[1][k] for k in ("loss", "accuracy", "lr")}  # the checkpoint's row, not row 3
+    assert s["audio_hours_seen"] == round(log[1]["audio_hours_seen"], 2) and s["superb"] == frozen
+    with pytest.raises(SystemExit, match="--frozen-eval"):
+        reference.main(args + ["--updates", "2", "--summary", str(tmp_path / "s.json")])
+
+
 def test_upstream_states(reference, tmp_path):
     model = reference.SpeechBrainBestRQ(layers=2, d_model=32, heads=2, ffn=64)
     path = str(tmp_path / "checkpoint_last.pt")

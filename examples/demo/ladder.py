@@ -40,19 +40,24 @@ import report as R  # noqa: E402
 import stages as S  # noqa: E402
 
 SUMMARY_DIR = S.REPO / "examples" / "demo" / "ladder"
+# summaries of examples/reference/speechbrain_bestrq.py --summary (SpeechBrain's BEST-RQ)
+REFERENCE_DIR = S.REPO / "examples" / "reference" / "results"
 SIZES: "OrderedDict[str, dict]" = OrderedDict([
     ("tiny", P.MODEL_SMALL),  # 4 x 96: the model of every other experiment here
     ("medium", P.MODEL_MEDIUM),  # 6 x 192
     ("large", dict(P.MODEL_MEDIUM, **{"model.encoder_layers": 8, "model.encoder_embed_dim": 256,
                                       "model.encoder_ffn_embed_dim": 1024})),  # 8 x 256
 ])
-# System -> (Pipeline system, BiRQ overrides). BiRQ runs at the defaults (the balanced label
-# generator, docs/method.md#label-generator); "stopgrad" is BiRQ with the label gradient stopped.
+# System -> (Pipeline system, that system's overrides). BiRQ runs at the defaults (the balanced
+# label generator, docs/method.md#label-generator); "stopgrad" is BiRQ with the label gradient stopped.
 SYSTEMS: "OrderedDict[str, tuple]" = OrderedDict([
     ("none", ("none", [])),
     ("bestrq", ("bestrq", [])),
     ("birq", ("birq", [])),
     ("stopgrad", ("birq", ["++model.enhanced_label_grad=false"])),
+    # BEST-RQ with the paper's (and SpeechBrain's recipe's) 8192-entry codebook instead of
+    # tiny_birq.yaml's 256: one of the differences to the reference BEST-RQ (examples/reference)
+    ("bestrq8192", ("bestrq", ["++model.anchor_codebook_size=8192"])),
 ])
 LABELLED = (100, 300)  # CTC finetuning sizes: the first 100 and all 300 labelled utterances
 FINETUNE_UPDATES = 2000
@@ -90,10 +95,11 @@ def pipelines(out: Path, size: str, system: str, updates: int, seed: int, thread
               finetune_updates: int = FINETUNE_UPDATES):
     """The rung's pretraining pipeline and one finetuning pipeline per labelled size; these
     share the pretraining stage's identity, so a re-pretrained rung is finetuned again."""
-    pipe_system, birq = SYSTEMS[system]
+    pipe_system, overrides = SYSTEMS[system]
     root = out / rung_name(size, system, updates, seed)
     pre = P.Pipeline(root, preset(size, updates), LH.corpus_dir(), LH.CORPUS_PRESET, seed=seed, threads=threads,
-                     birq_overrides=birq, systems=(pipe_system,))
+                     birq_overrides=overrides if pipe_system == "birq" else (),
+                     bestrq_overrides=overrides if pipe_system == "bestrq" else (), systems=(pipe_system,))
     fts = OrderedDict()
     for n in LABELLED:
         ft = P.Pipeline(root / f"ft{n}", preset(size, updates, n, finetune_updates), LH.corpus_dir(), LH.CORPUS_PRESET,
@@ -175,12 +181,12 @@ def metric(row: dict, kind: str, key: str, split: str):
     return value["cer"] if isinstance(value, dict) else value
 
 
-def mean_std(values: List[float]) -> str:
+def mean_std(values: List[float], digits: int = 1) -> str:
     """"m ± s" over seeds (sample std), "m" for one seed, "–" for none."""
     if not values:
         return "–"
     mean, std = R.mean_std(values)
-    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def groups(rows: List[dict]) -> "OrderedDict[tuple, List[dict]]":
@@ -215,6 +221,38 @@ def report(directory: Path = SUMMARY_DIR, write: bool = True) -> str:
     return text
 
 
+def reference_report(reference_dir: Path = REFERENCE_DIR, directory: Path = SUMMARY_DIR, size: str = "medium",
+                     systems=("none", "bestrq", "bestrq8192")) -> str:
+    """SpeechBrain's BEST-RQ (examples/reference) beside our BEST-RQ rungs of the same size: frozen
+    PER / CER (%, test sets seen / unseen) and PER over each encoder's own random initialisation
+    (the architectures differ, so the untrained encoders differ too), per seed, then mean ± std."""
+    refs = []
+    for r in load_summaries(reference_dir):
+        refs.append(dict(r, system="bestrq", frozen=P.frozen_rows(r["superb"])))  # SpeechBrain's recipe
+    if not refs:
+        return "_No reference runs committed._\n"
+    ours = [r for r in load_summaries(directory) if r.get("size") == size and r["system"] in systems]
+    lines = ["| encoder | system | updates | audio h seen | seeds | PER seen | PER unseen | CER seen | CER unseen "
+             "| PER / own init, seen | PER / own init, unseen |",
+             "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, rows in (("SpeechBrain Conformer (reference)", refs), (f"ours, {size}", ours)):
+        keyed = OrderedDict()
+        for r in sorted(rows, key=lambda r: (r.get("updates", 0), r["system"])):
+            keyed.setdefault((r["system"], r.get("updates", 0)), []).append(r)
+        inits = {r["seed"]: r for r in rows if r.get("updates", 0) == 0}
+        for (system, updates), rs in keyed.items():
+            hours = [r.get("audio_hours_seen") or 0.0 for r in rs]
+            cells = [mean_std([v for r in rs if (v := metric(r, "frozen", key, split)) is not None])
+                     for key in ("pr_linear", "asr_linear") for split in SPLITS]
+            ratios = ["–" if updates == 0 else mean_std(
+                [metric(r, "frozen", "pr_linear", split) / metric(inits[r["seed"]], "frozen", "pr_linear", split)
+                 for r in rs if r["seed"] in inits], digits=3) for split in SPLITS]
+            name = "random init" if updates == 0 else system
+            lines.append(f"| {label} | {name} | {updates} | {sum(hours) / len(hours):.1f} | "
+                         f"{', '.join(str(r['seed']) for r in rs)} | " + " | ".join(cells + ratios) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows: List[dict], out_png: Path) -> None:
     import matplotlib
 
@@ -222,7 +260,7 @@ def plot(rows: List[dict], out_png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 4, figsize=(20, 8.5), squeeze=False)
-    colours = {"bestrq": "C0", "birq": "C1", "stopgrad": "C2"}
+    colours = {"bestrq": "C0", "birq": "C1", "stopgrad": "C2", "bestrq8192": "C3"}
     styles = {"tiny": ":", "medium": "-", "large": "--"}
     for row, split in enumerate(SPLITS):
         for ax, (name, kind, key) in zip(axes[row], METRICS):

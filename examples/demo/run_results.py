@@ -107,7 +107,8 @@ def results_md(preset_name: str, preset: dict, corpus_dir: Path, plots_rel: str)
     return R.render_results_md(preset_name, preset, seed_runs, ablation_runs, corpus,
                                {name: d for name, (d, _) in ABLATIONS.items()}, plots_rel,
                                label_health_table=label_health.report(write=False),
-                               ladder_table=ladder.report(write=False))
+                               ladder_table=ladder.report(write=False),
+                               reference_table=ladder.reference_report())
 
 
 def main(argv=None) -> int:

@@ -358,6 +358,27 @@ def frozen_eval(args) -> dict:
         return json.load(f)
 
 
+def summarise(args, frozen: dict) -> dict:
+    """The run's summary for ``--summary``: what it trained (updates, audio hours seen, schedule,
+    size), its last logged training row and the frozen evaluation's JSON, in the shape the
+    ladder's reference table reads (examples/demo/ladder.py ``reference_report``)."""
+    state = torch.load(os.path.join(args.out, "checkpoint_last.pt"), map_location="cpu", weights_only=False)
+    log_path = os.path.join(args.out, "train.log")
+    rows = []
+    if os.path.isfile(log_path):
+        with open(log_path) as f:
+            rows = [r for r in (json.loads(line) for line in f if line.strip()) if r["update"] <= state["update"]]
+    config = state["model_config"]
+    update = state["update"]
+    length = "init" if update == 0 else f"{update // 1000}k" if update % 1000 == 0 else str(update)
+    return dict(rung=f"speechbrain_bestrq_{config['layers']}x{config['d_model']}_{length}_seed{args.seed}",
+                system="speechbrain_bestrq", model_config=config, updates=state["update"],
+                seed=args.seed, warmup=state.get("warmup"), max_tokens=state.get("max_tokens"),
+                audio_hours_seen=round(state.get("audio_seconds", 0.0) / 3600, 2),
+                final_train={k: rows[-1][k] for k in ("loss", "accuracy", "lr")} if rows else None,
+                wall_seconds=rows[-1]["wall"] if rows else None, superb=frozen)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -380,6 +401,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as our CPU runs)")
     p.add_argument("--frozen-eval", action="store_true", help="then run the frozen evaluation -> OUT/frozen.json")
     p.add_argument("--cache", default=superb.DEFAULT_CACHE, help="feature cache of the frozen evaluation")
+    p.add_argument("--summary", default=None, help="with --frozen-eval: write the run's summary JSON here "
+                   "(examples/reference/results/<run>.json, read by the ladder's reference table)")
     p.add_argument("--superb-args", nargs=argparse.REMAINDER, default=[],
                    help="further birq-fairseq superb options, last (e.g. --superb-args --epochs 10)")
     return p.parse_args(argv)
@@ -390,7 +413,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     train(args)
     if args.frozen_eval:
-        frozen_eval(args)
+        frozen = frozen_eval(args)
+        if args.summary:
+            os.makedirs(os.path.dirname(os.path.abspath(args.summary)), exist_ok=True)
+            with open(args.summary, "w") as f:
+                json.dump(summarise(args, frozen), f, indent=1)
+                f.write("\n")
+    elif args.summary:
+        raise SystemExit("--summary needs --frozen-eval (the summary holds the frozen evaluation)")
     return 0
 
 
