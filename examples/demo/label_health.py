@@ -113,7 +113,7 @@ def variant_overrides(name: str, updates: int) -> List[str]:
 
 def pipeline(out: Path, name: str, seed: int, updates: int, threads: int, align: Path) -> P.Pipeline:
     return P.Pipeline(out / f"{name}_seed{seed}", preset(updates), corpus_dir(), CORPUS_PRESET, seed=seed,
-                      threads=threads, birq_overrides=variant_overrides(name, updates), systems=("none", "birq"),
+                      threads=threads, overrides={"birq": variant_overrides(name, updates)}, systems=("none", "birq"),
                       aligner=align)
 
 

@@ -98,8 +98,7 @@ def pipelines(out: Path, size: str, system: str, updates: int, seed: int, thread
     pipe_system, overrides = SYSTEMS[system]
     root = out / rung_name(size, system, updates, seed)
     pre = P.Pipeline(root, preset(size, updates), LH.corpus_dir(), LH.CORPUS_PRESET, seed=seed, threads=threads,
-                     birq_overrides=overrides if pipe_system == "birq" else (),
-                     bestrq_overrides=overrides if pipe_system == "bestrq" else (), systems=(pipe_system,))
+                     overrides={pipe_system: overrides}, systems=(pipe_system,))
     fts = OrderedDict()
     for n in LABELLED:
         ft = P.Pipeline(root / f"ft{n}", preset(size, updates, n, finetune_updates), LH.corpus_dir(), LH.CORPUS_PRESET,
@@ -226,9 +225,7 @@ def reference_report(reference_dir: Path = REFERENCE_DIR, directory: Path = SUMM
     """SpeechBrain's BEST-RQ (examples/reference) beside our BEST-RQ rungs of the same size: frozen
     PER / CER (%, test sets seen / unseen) and PER over each encoder's own random initialisation
     (the architectures differ, so the untrained encoders differ too), per seed, then mean ± std."""
-    refs = []
-    for r in load_summaries(reference_dir):
-        refs.append(dict(r, system="bestrq", frozen=P.frozen_rows(r["superb"])))  # SpeechBrain's recipe
+    refs = [dict(r, system="bestrq", frozen=P.frozen_rows(r["superb"])) for r in load_summaries(reference_dir)]
     if not refs:
         return "_No reference runs committed._\n"
     ours = [r for r in load_summaries(directory) if r.get("size") == size and r["system"] in systems]

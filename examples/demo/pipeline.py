@@ -226,8 +226,8 @@ class Pipeline:
 
     def __init__(self, out: Path, preset: dict, corpus_dir: Path, corpus_preset: str, corpus_seed: int = 1,
                  seed: int = 1, clock: Optional[Clock] = None, threads: Optional[int] = None,
-                 birq_overrides: Sequence[str] = (), systems: Sequence[str] = SYSTEMS,
-                 aligner: Optional[Path] = None, bestrq_overrides: Sequence[str] = ()):
+                 overrides: Optional[Dict[str, Sequence[str]]] = None, systems: Sequence[str] = SYSTEMS,
+                 aligner: Optional[Path] = None):
         self.out = Path(out).resolve()
         self.p = preset
         self.corpus_dir = Path(corpus_dir).resolve()
@@ -237,8 +237,8 @@ class Pipeline:
         self.clock = clock or Clock()
         self.env = thread_env(threads)
         self.stages = Stages(self.out / "stages")
-        self.birq_overrides = list(birq_overrides)
-        self.bestrq_overrides = list(bestrq_overrides)  # a BEST-RQ variant (the ladder's bestrq8192)
+        # pretraining overrides per system ("birq": an ablation or variant, "bestrq": the ladder's bestrq8192)
+        self.overrides = {system: list(extra) for system, extra in (overrides or {}).items()}
         self.systems = list(systems)
         # the probe's CTC aligner: this run's supervised topline unless given (ablations use their seed's)
         self.aligner = Path(aligner) if aligner else self.out / "finetune" / "topline" / "checkpoint_last.pt"
@@ -270,7 +270,7 @@ class Pipeline:
         return pretrain_overrides(
             self.corpus_dir, save_dir, self.seed, system, p["pretrain_updates"],
             p.get("pretrain_max_tokens", p["max_tokens"]), p["log_interval"], p["model"],
-            extra={"birq": self.birq_overrides, "bestrq": self.bestrq_overrides}.get(system, ()),
+            extra=self.overrides.get(system, ()),
             keep_checkpoints=bool(p.get("probe")),
             save_interval=p.get("save_interval_updates"))
 

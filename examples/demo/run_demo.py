@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     S.banner(clock, f"BiRQ demo: preset {args.preset} -> {out}")
     print(f"   settings: {json.dumps(preset)}\n   corpus: {corpus_dir} (preset {preset['corpus']})", flush=True)
     pipe = P.Pipeline(out, preset, corpus_dir, preset["corpus"], seed=args.seed, clock=clock,
-                      threads=args.threads, birq_overrides=args.birq_override)
+                      threads=args.threads, overrides={"birq": args.birq_override})
     try:
         summary = pipe.run()
     except S.StageFailed as e:

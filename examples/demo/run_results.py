@@ -155,7 +155,7 @@ def main(argv=None) -> int:
             extra = ablation_overrides(name, preset)
             key = name if first == 1 else f"{name}_seed{first}"
             pipe = P.Pipeline(out / "ablations" / key, preset, corpus_dir, preset["corpus"], seed=first, clock=clock,
-                              threads=args.threads, birq_overrides=extra, systems=["birq"],
+                              threads=args.threads, overrides={"birq": extra}, systems=["birq"],
                               aligner=out / f"seed{first}" / "finetune" / "topline" / "checkpoint_last.pt")
             S.banner(clock, f"ablation {name}: {ABLATIONS[name][0]}")
             summary = pipe.run(pretrain_only=args.ablation_pretrain_only)

@@ -372,7 +372,7 @@ def summarise(args, frozen: dict) -> dict:
     update = state["update"]
     length = "init" if update == 0 else f"{update // 1000}k" if update % 1000 == 0 else str(update)
     return dict(rung=f"speechbrain_bestrq_{config['layers']}x{config['d_model']}_{length}_seed{args.seed}",
-                system="speechbrain_bestrq", model_config=config, updates=state["update"],
+                system="speechbrain_bestrq", model_config=config, updates=update,
                 seed=args.seed, warmup=state.get("warmup"), max_tokens=state.get("max_tokens"),
                 audio_hours_seen=round(state.get("audio_seconds", 0.0) / 3600, 2),
                 final_train={k: rows[-1][k] for k in ("loss", "accuracy", "lr")} if rows else None,
@@ -410,6 +410,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.summary and not args.frozen_eval:  # said before hours of training, not after
+        raise SystemExit("--summary needs --frozen-eval (the summary holds the frozen evaluation)")
     torch.set_num_threads(args.threads)
     train(args)
     if args.frozen_eval:
@@ -419,8 +421,6 @@ def main(argv=None) -> int:
             with open(args.summary, "w") as f:
                 json.dump(summarise(args, frozen), f, indent=1)
                 f.write("\n")
-    elif args.summary:
-        raise SystemExit("--summary needs --frozen-eval (the summary holds the frozen evaluation)")
     return 0
 
 
