@@ -507,6 +507,11 @@ def test_ladder_system_overrides_reach_only_their_pretraining(tmp_path, monkeypa
     assert [o for o in wide if o != "++model.anchor_codebook_size=8192"] == plain
     assert "++model.enhanced_label_grad=false" in stop and "model.enhanced_stream=true" in stop
     assert not any("8192" in o or "label_grad" in o for o in plain)
+    # bestrq_b4 (4x the audio per update, lr x 2): its values follow the preset's, and Hydra (as
+    # fairseq-hydra-train parses them) keeps the last value of a repeated key
+    big = overrides("bestrq_b4")
+    assert big.index("dataset.max_tokens=512000") > big.index("dataset.max_tokens=128000")
+    assert big.index("optimization.lr=[0.002]") == len(big) - 1 and "model.enhanced_stream=false" in big
 
 
 def test_ladder_summary_measures_audio_seen_and_reads_the_stages(tmp_path, monkeypatch):

@@ -72,12 +72,13 @@ def batches(trainer, epoch_itr):
 
 
 # Paths of the update compared by ``compare``: the old one (fairseq's Adam loop), the new
-# default, and the new one with 4x the audio per update and the lr scaled by sqrt(4) = 2
-# (a different training run: a switch of the recipe, not a default; see the README).
+# default, and the new one with 4x (8x) the audio per update and the lr scaled by sqrt(4) = 2
+# (sqrt(8)) (a different training run: a switch of the recipe, not a default; see the README).
 UPDATE_PATHS = {
     "old": ["+task.multi_tensor_adam=false"],
     "new": [],
     "new+4x_batch": [f"dataset.max_tokens={4 * DEMO_MAX_TOKENS}", "optimization.lr=[0.002]"],
+    "new+8x_batch": [f"dataset.max_tokens={8 * DEMO_MAX_TOKENS}", "optimization.lr=[0.00283]"],
 }
 
 
