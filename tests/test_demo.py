@@ -487,7 +487,7 @@ def test_ladder_rungs_parse_and_reject_bad_ones():
         with pytest.raises(ValueError, match="rung"):
             L.parse_rung(bad)
     # stopgrad is BiRQ (the default label generator) with the label gradient stopped
-    assert L.SYSTEMS["stopgrad"] == ("birq", ["++model.enhanced_label_grad=false"])
+    assert L.SYSTEMS["stopgrad"] == ("birq", ["++model.enhanced_label_grad=false"], 1)
     assert L.SIZES["medium"]["model.encoder_embed_dim"] == 192 and L.SIZES["large"]["model.encoder_layers"] == 8
 
 
@@ -507,11 +507,23 @@ def test_ladder_system_overrides_reach_only_their_pretraining(tmp_path, monkeypa
     assert [o for o in wide if o != "++model.anchor_codebook_size=8192"] == plain
     assert "++model.enhanced_label_grad=false" in stop and "model.enhanced_stream=true" in stop
     assert not any("8192" in o or "label_grad" in o for o in plain)
-    # bestrq_b4 (4x the audio per update, lr x 2): its values follow the preset's, and Hydra (as
-    # fairseq-hydra-train parses them) keeps the last value of a repeated key
-    big = overrides("bestrq_b4")
-    assert big.index("dataset.max_tokens=512000") > big.index("dataset.max_tokens=128000")
-    assert big.index("optimization.lr=[0.002]") == len(big) - 1 and "model.enhanced_stream=false" in big
+    # bestrq_b4 / bestrq_b8 (4x / 8x the audio per update, lr x sqrt): the batch size is the
+    # pretraining's alone (one max_tokens value, no repeated key), and finetuning keeps 8 s batches
+    def finetuning(system):
+        _, fts, pipe_system = L.pipelines(tmp_path, "tiny", system, 200, 1, threads=1)
+        return fts[300].finetune_overrides(pipe_system, tmp_path / "w2v.pt", tmp_path / "ft")
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "finetune.tsv").write_text("/root\n" + "".join(f"u{i}.wav\t16000\n" for i in range(300)))
+    for ext in ("ltr", "wrd"):
+        (corpus / f"finetune.{ext}").write_text("A |\n" * 300)
+    for system, tokens, lr in (("bestrq_b4", 512000, "0.002"), ("bestrq_b8", 1024000, "0.00283")):
+        big = overrides(system)
+        assert [o for o in big if o.startswith("dataset.max_tokens=")] == [f"dataset.max_tokens={tokens}"]
+        assert f"optimization.lr=[{lr}]" in big and "model.enhanced_stream=false" in big
+        assert finetuning(system) == finetuning("bestrq")
+    assert [o for o in plain if o.startswith("dataset.max_tokens=")] == ["dataset.max_tokens=128000"]
 
 
 def test_ladder_summary_measures_audio_seen_and_reads_the_stages(tmp_path, monkeypatch):

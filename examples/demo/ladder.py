@@ -48,24 +48,26 @@ SIZES: "OrderedDict[str, dict]" = OrderedDict([
     ("large", dict(P.MODEL_MEDIUM, **{"model.encoder_layers": 8, "model.encoder_embed_dim": 256,
                                       "model.encoder_ffn_embed_dim": 1024})),  # 8 x 256
 ])
-# System -> (Pipeline system, that system's overrides). BiRQ runs at the defaults (the balanced
-# label generator, docs/method.md#label-generator); "stopgrad" is BiRQ with the label gradient stopped.
+# System -> (Pipeline system, that system's overrides, audio per update in units of the demo's 8 s
+# batches). BiRQ runs at the defaults (the balanced label generator, docs/method.md#label-generator);
+# "stopgrad" is BiRQ with the label gradient stopped.
 SYSTEMS: "OrderedDict[str, tuple]" = OrderedDict([
-    ("none", ("none", [])),
-    ("bestrq", ("bestrq", [])),
-    ("birq", ("birq", [])),
-    ("stopgrad", ("birq", ["++model.enhanced_label_grad=false"])),
+    ("none", ("none", [], 1)),
+    ("bestrq", ("bestrq", [], 1)),
+    ("birq", ("birq", [], 1)),
+    ("stopgrad", ("birq", ["++model.enhanced_label_grad=false"], 1)),
     # BEST-RQ with the paper's (and SpeechBrain's recipe's) 8192-entry codebook instead of
     # tiny_birq.yaml's 256: one of the differences to the reference BEST-RQ (examples/reference)
-    ("bestrq8192", ("bestrq", ["++model.anchor_codebook_size=8192"])),
-    # BEST-RQ with 4x the audio per update (32 s) and the lr scaled by sqrt(4): the throughput
-    # lever of examples/benchmarks (issue "Throughput where it matters"), a different training
-    # run. Its batches hold ~4.75x the audio of the 8 s ones (6.3 s of speech per update at 8 s,
-    # ~30 s at 32 s: less is lost to the max_tokens packing), so tiny:bestrq_b4:2100 sees the
-    # 17.6 h of tiny:bestrq:10000. These overrides follow the preset's dataset.max_tokens, and
-    # the later value wins.
-    ("bestrq_b4", ("bestrq", ["dataset.max_tokens=512000", "optimization.lr=[0.002]"])),
+    ("bestrq8192", ("bestrq", ["++model.anchor_codebook_size=8192"], 1)),
+    # BEST-RQ with 4x (8x) the audio per update and the lr scaled by the square root: the throughput
+    # lever of examples/benchmarks (issue "Throughput where it matters"), a different training run,
+    # compared at equal audio hours. Larger batches lose less to the max_tokens packing (6.3 s of
+    # speech per 8 s update, ~30 s per 32 s one), so the updates that see a rung's audio hours are
+    # measured, not divided: tiny:bestrq_b4:2100 sees the 17.6 h of tiny:bestrq:10000.
+    ("bestrq_b4", ("bestrq", ["optimization.lr=[0.002]"], 4)),
+    ("bestrq_b8", ("bestrq", ["optimization.lr=[0.00283]"], 8)),
 ])
+BATCH_TOKENS = 128000  # the demo's 8 s of 16 kHz audio per update (finetuning always uses it)
 LABELLED = (100, 300)  # CTC finetuning sizes: the first 100 and all 300 labelled utterances
 FINETUNE_UPDATES = 2000
 
@@ -90,10 +92,11 @@ def rung_name(size: str, system: str, updates: int, seed: int) -> str:
     return f"{size}_{system}_{length}_seed{seed}"
 
 
-def preset(size: str, updates: int, labelled: int = None, finetune_updates: int = FINETUNE_UPDATES) -> dict:
+def preset(size: str, updates: int, labelled: int = None, finetune_updates: int = FINETUNE_UPDATES,
+           batch: int = 1) -> dict:
     regime = P.PRESETS["regime"]
     return dict(corpus=LH.CORPUS_PRESET, pretrain_updates=max(updates, 1), finetune_updates=finetune_updates,
-                max_tokens=128000, log_interval=100, model=SIZES[size], labelled=labelled, decode_valid=True,
+                max_tokens=BATCH_TOKENS, pretrain_max_tokens=batch * BATCH_TOKENS, log_interval=100, model=SIZES[size], labelled=labelled, decode_valid=True,
                 finetune_overrides=regime["finetune_overrides"],
                 finetune_overrides_by_system=regime["finetune_overrides_by_system"])
 
@@ -102,9 +105,9 @@ def pipelines(out: Path, size: str, system: str, updates: int, seed: int, thread
               finetune_updates: int = FINETUNE_UPDATES):
     """The rung's pretraining pipeline and one finetuning pipeline per labelled size; these
     share the pretraining stage's identity, so a re-pretrained rung is finetuned again."""
-    pipe_system, overrides = SYSTEMS[system]
+    pipe_system, overrides, batch = SYSTEMS[system]
     root = out / rung_name(size, system, updates, seed)
-    pre = P.Pipeline(root, preset(size, updates), LH.corpus_dir(), LH.CORPUS_PRESET, seed=seed, threads=threads,
+    pre = P.Pipeline(root, preset(size, updates, batch=batch), LH.corpus_dir(), LH.CORPUS_PRESET, seed=seed, threads=threads,
                      overrides={pipe_system: overrides}, systems=(pipe_system,))
     fts = OrderedDict()
     for n in LABELLED:
@@ -142,6 +145,7 @@ def summarise(pre: P.Pipeline, size: str, system: str, updates: int, seed: int, 
     marker = pre.stages.load(f"pretrain_{pipe_system}") or {}
     summary = OrderedDict(rung=rung_name(size, system, updates, seed), size=size, system=system, updates=updates,
                           seed=seed, model=SIZES[size], overrides=SYSTEMS[system][1],
+                          pretrain_max_tokens=pre.p["pretrain_max_tokens"],
                           pretrain_wall_seconds=marker.get("wall_seconds"),
                           pretrain_cpu_seconds=marker.get("cpu_seconds"))
     if system != "none":
@@ -264,7 +268,8 @@ def plot(rows: List[dict], out_png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 4, figsize=(20, 8.5), squeeze=False)
-    colours = {"bestrq": "C0", "birq": "C1", "stopgrad": "C2", "bestrq8192": "C3", "bestrq_b4": "C4"}
+    colours = {"bestrq": "C0", "birq": "C1", "stopgrad": "C2", "bestrq8192": "C3", "bestrq_b4": "C4",
+               "bestrq_b8": "C5"}
     styles = {"tiny": ":", "medium": "-", "large": "--"}
     for row, split in enumerate(SPLITS):
         for ax, (name, kind, key) in zip(axes[row], METRICS):
