@@ -524,6 +524,26 @@ def test_ladder_system_overrides_reach_only_their_pretraining(tmp_path, monkeypa
         assert f"optimization.lr=[{lr}]" in big and "model.enhanced_stream=false" in big
         assert finetuning(system) == finetuning("bestrq")
     assert [o for o in plain if o.startswith("dataset.max_tokens=")] == ["dataset.max_tokens=128000"]
+    # one lr per command line: tiny_birq.yaml's for the small sizes' pretraining, the large model's own
+    # (pretraining and finetuning); a recipe's parts (FT_FAST + FT_FROZEN_FIRST) merge to the last lr
+    def lrs(command):
+        return [o for o in command if o.startswith("optimization.lr=")]
+
+    assert lrs(plain) == []
+    assert lrs(L.pipelines(tmp_path, "large", "bestrq", 200, 1, threads=1)[0].pretrain_overrides(
+        "bestrq", tmp_path / "save")) == ["optimization.lr=[0.0005]"]
+    for size, system, lr in (("tiny", "bestrq", "0.001"), ("tiny", "none", "0.002"),
+                             ("large", "bestrq", "0.0005"), ("large", "none", "0.0005")):
+        _, fts, pipe_system = L.pipelines(tmp_path, size, system, 0 if system == "none" else 200, 1, threads=1)
+        assert lrs(fts[100].finetune_overrides(pipe_system, tmp_path / "w2v.pt", tmp_path / "ft")) == \
+            [f"optimization.lr=[{lr}]"], (size, system)
+
+
+def test_merge_overrides_keeps_the_last_value_of_each_key():
+    assert P.merge_overrides(["a=1", "b=2", "a=3", "+c=4"]) == ["b=2", "a=3", "+c=4"]
+    assert P.merge_overrides(P.fill_recipe(P.RECIPES["r3"], 1000)) == [
+        "optimization.clip_norm=10.0", "optimization.lr=[0.001]", "model.feature_grad_mult=1.0",
+        "model.mask_channel_prob=0.05", "model.freeze_finetune_updates=300"]
 
 
 def test_ladder_summary_measures_audio_seen_and_reads_the_stages(tmp_path, monkeypatch):

@@ -91,12 +91,23 @@ def test_fairseq_updates_identical_and_switch_routes(synth_data, system, monkeyp
     assert all(torch.equal(a, b) for a, b in zip(old_params, new_params))
 
 
-def test_compare_rows_and_table(synth_data):
-    """run.py part 7's side-by-side: one row per (system, path), ratios to the old path, a table."""
+def test_compare_rows_and_table(synth_data, monkeypatch):
+    """run.py part 7's side-by-side: one row per (system, path), ratios to the old path, a table;
+    only the old path runs the old code (torchaudio's power spectrogram)."""
+    import torchaudio
+
     import fairseq_update as U
 
+    spectrogram_calls = []
+    real_forward = torchaudio.transforms.Spectrogram.forward
+    monkeypatch.setattr(torchaudio.transforms.Spectrogram, "forward",
+                        lambda self, x: (spectrogram_calls.append(1), real_forward(self, x))[1])
     paths = {"old": U.UPDATE_PATHS["old"], "new": U.UPDATE_PATHS["new"]}
+    rows = U.compare(synth_data, systems=("bestrq",), paths={"new": paths["new"]}, rounds=2, warmup=0,
+                     log=lambda *_: None)
+    assert spectrogram_calls == []  # the default front-end squares re and im itself
     rows = U.compare(synth_data, systems=("bestrq",), paths=paths, rounds=2, warmup=0, log=lambda *_: None)
+    assert len(spectrogram_calls) == 2  # one per round of the old path
     assert [(r["system"], r["path"]) for r in rows] == [("bestrq", "old"), ("bestrq", "new")]
     assert all(r["audio_per_s"] > 0 and r["audio_per_s_min"] <= r["audio_per_s"] <= r["audio_per_s_max"]
                for r in rows)

@@ -396,3 +396,25 @@ def test_soft_gumbel_targets_option():
     assert ((targets > 0) & (targets < 1)).any()  # a distribution, not a one-hot
     enhanced_loss(out_soft).backward()
     assert soft.encoder.layers[0].fc1.weight.grad.abs().sum() > 0
+
+
+def test_frontend_power_spectrogram_matches_torchaudio():
+    """The front-end's |STFT|^2 (re^2 + im^2, for speed) is torchaudio's Spectrogram(power=2)
+    to fp32 rounding, and so is the normalised filterbank built on it."""
+    import torchaudio
+
+    from birq_fairseq.modules.frontend import LogMelFrontend
+
+    torch.manual_seed(0)
+    frontend = LogMelFrontend()
+    wave = torch.randn(3, 16000) * torch.tensor([[1.0], [1e-3], [30.0]])  # loud, near-silent, clipped-loud
+    ours = frontend.power_spectrogram(wave)
+    reference = frontend.melspec.spectrogram(wave)  # torchaudio: abs().pow(2)
+    assert ours.shape == reference.shape
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=0.0)
+    feats, _ = frontend(wave)
+    ref_mel = torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=400, win_length=400, hop_length=160,
+                                                   n_mels=80, center=False, power=2.0)(wave)
+    ref_log = torch.log(ref_mel + 1e-6).transpose(1, 2)[:, : feats.size(1)]
+    ref_feats = (ref_log - ref_log.mean(1, keepdim=True)) / (ref_log.var(1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    torch.testing.assert_close(feats, ref_feats, rtol=1e-4, atol=1e-4)

@@ -112,10 +112,20 @@ class LogMelFrontend(FullPrecisionModule):
         return feats.masked_fill(~valid[..., None], 0.0), lengths
 
     def power_spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
-        """(B, S) fp32 -> (B, n_fft // 2 + 1, frames) |STFT|^2, torchaudio's ``Spectrogram``."""
+        """(B, S) fp32 -> (B, n_fft // 2 + 1, frames) |STFT|^2, torchaudio's ``Spectrogram``.
+
+        The STFT is torchaudio's (its settings and window), but the power is re^2 + im^2:
+        torchaudio's ``abs().pow(2)`` takes a complex abs (a hypot per bin, then a square) that
+        cost a quarter of a 64 s tiny-model update on one core (examples/benchmarks/README.md);
+        the two agree to fp32 rounding (relative 2.4e-7).
+        """
         if torch.onnx.is_in_onnx_export():
             return self._power_spectrogram_by_convolution(waveform)
-        return self.melspec.spectrogram(waveform)
+        spec = self.melspec.spectrogram
+        stft = torch.stft(waveform, n_fft=spec.n_fft, hop_length=spec.hop_length, win_length=spec.win_length,
+                          window=spec.window, center=spec.center, pad_mode=spec.pad_mode, normalized=False,
+                          onesided=spec.onesided, return_complex=True)
+        return stft.real.square() + stft.imag.square()
 
     def _power_spectrogram_by_convolution(self, waveform: torch.Tensor) -> torch.Tensor:
         """The same windowed DFT as a strided convolution, for ONNX export.

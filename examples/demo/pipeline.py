@@ -192,7 +192,15 @@ def finetune_overrides(corpus_dir: Path, w2v: Path, save_dir: Path, seed: int, s
         f"dataset.validate_interval_updates={updates}",
         f"checkpoint.save_interval_updates={max(updates // 4, 5)}",
         "common.cpu=true", "dataset.num_workers=0",
-    ] + fill_recipe(recipe, updates)
+    ] + merge_overrides(fill_recipe(recipe, updates))
+
+
+def merge_overrides(overrides: Sequence[str]) -> List[str]:
+    """Hydra overrides with one value per key, the last one given (as Hydra would apply them), so a
+    recipe built from parts (FT_FAST + FT_FROZEN_FIRST, each setting the lr) runs one command line
+    that says what it does."""
+    last = {o.split("=", 1)[0]: i for i, o in enumerate(overrides)}
+    return [o for i, o in enumerate(overrides) if last[o.split("=", 1)[0]] == i]
 
 
 def fill_recipe(recipe: Sequence[str], updates: int) -> List[str]:
