@@ -140,19 +140,30 @@ def compare(data: str, systems=("bestrq", "birq"), paths: Dict[str, List[str]] =
                    audio_per_s_min=min(values), audio_per_s_max=max(values), rounds=rounds)
         if (system, "old") in speed:
             ratios = [v / o for v, o in zip(values, speed[(system, "old")])]
-            row.update(ratio_vs_old=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios))
+            row.update(ratio_vs_old=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
+                       ratio_iqr=interquartile(ratios))
         rows.append(row)
     return rows
+
+
+def interquartile(values: Sequence[float]) -> List[float]:
+    """[first quartile, third quartile] of ``values``: the middle half of the rounds, which one slow
+    or fast round (a batch of short clips, a burst of load) does not move as it moves min-max."""
+    if len(values) < 2:
+        return [values[0], values[0]]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return [q1, q3]
 
 
 def table(part: dict) -> str:
     """Markdown table of ``compare``'s rows (run.py part 7)."""
     out = [f"Part 7: tiny fairseq update (tiny_birq.yaml, {part['corpus']}), old vs new path, interleaved in one "
-           f"process, {part['rows'][0]['rounds']} rounds; audio s/s median [min-max], ratio = median [min-max] of "
-           "per-round ratios to the old path",
+           f"process, {part['rows'][0]['rounds']} rounds; audio s/s median [min-max], ratio = median [min-max] "
+           "(interquartile range) of per-round ratios to the old path",
            "| system | path | overrides | audio s/s | vs old |", "|---|---|---|---|---|"]
     for r in part["rows"]:
         ratio = (f"{r['ratio_vs_old']:.2f}x [{r['ratio_min']:.2f}-{r['ratio_max']:.2f}]"
+                 + (" (IQR {:.2f}-{:.2f})".format(*r["ratio_iqr"]) if "ratio_iqr" in r else "")
                  if "ratio_vs_old" in r else "")
         out.append(f"| {r['system']} | {r['path']} | {' '.join(r['overrides']) or '(defaults)'} | "
                    f"{r['audio_per_s']:.0f} [{r['audio_per_s_min']:.0f}-{r['audio_per_s_max']:.0f}] | {ratio} |")

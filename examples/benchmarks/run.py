@@ -86,7 +86,7 @@ def plan(quick: bool) -> dict:
         # part 5: step memory at the paper's settings (shape name, batch, seconds), 1 warm-up + 1 step
         paper_memory=[("base", 1, 8.0), ("conformer", 1, 8.0)], paper_memory_steps=(1, 1),
         label_updates=50, label_utts=96, scale_len=[2.0, 4.0, 8.0, 16.0], scale_batch=[1, 2, 4, 8],
-        scale_rounds=5, update_rounds=15,
+        scale_rounds=5, update_rounds=30,
     )
 
 
