@@ -112,5 +112,8 @@ def test_compare_rows_and_table(synth_data, monkeypatch):
     assert all(r["audio_per_s"] > 0 and r["audio_per_s_min"] <= r["audio_per_s"] <= r["audio_per_s_max"]
                for r in rows)
     assert rows[0]["ratio_vs_old"] == 1.0 and rows[1]["ratio_min"] <= rows[1]["ratio_vs_old"] <= rows[1]["ratio_max"]
+    q1, q3 = rows[1]["ratio_iqr"]
+    assert rows[1]["ratio_min"] <= q1 <= rows[1]["ratio_vs_old"] <= q3 <= rows[1]["ratio_max"]
+    assert U.interquartile([1.0, 2.0, 3.0, 4.0, 5.0]) == [2.0, 4.0] and U.interquartile([1.5]) == [1.5, 1.5]
     text = U.table({"corpus": "synthetic", "rows": rows})
     assert "| bestrq | new | (defaults) |" in text and "+task.multi_tensor_adam=false" in text
