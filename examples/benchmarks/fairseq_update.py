@@ -71,9 +71,10 @@ def batches(trainer, epoch_itr):
         epoch_itr = trainer.get_train_iterator(epoch=epoch_itr.next_epoch_idx, load_dataset=False)
 
 
-# Paths of the update compared by ``compare``: the old one (fairseq's Adam loop and torchaudio's
-# power spectrogram, see ``OLD_CODE_PATHS``), the new default, and the new one with 4x (8x) the audio per update and the lr scaled by sqrt(4) = 2
-# (sqrt(8)) (a different training run: a switch of the recipe, not a default; see the README).
+# Paths of the update compared by ``compare``: the old one (fairseq's Adam loop and, through
+# ``use_old_code``, torchaudio's power spectrogram), the new default, and the new one with 4x (8x)
+# the audio per update and the lr scaled by sqrt(4) = 2 (sqrt(8)) (a different training run: a
+# switch of the recipe, not a default; see the README).
 UPDATE_PATHS = {
     "old": ["+task.multi_tensor_adam=false"],
     "new": [],
@@ -82,13 +83,9 @@ UPDATE_PATHS = {
 }
 
 
-# Paths that run the code as it was before the exact levers, on the model as built: torchaudio's
-# ``Spectrogram(power=2)`` (a complex abs, then a square) instead of the front-end's re^2 + im^2.
-OLD_CODE_PATHS = {"old"}
-
-
 def use_old_code(model) -> None:
-    """Give ``model``'s front-end torchaudio's power spectrogram back (the code before 2026-12-05)."""
+    """Give ``model``'s front-end torchaudio's power spectrogram back (the code before 2026-12-05):
+    ``Spectrogram(power=2)``, a complex abs then a square, instead of re^2 + im^2."""
     frontend = model.frontend
     # an instance attribute shadows the method (set past nn.Module, which would register a submodule)
     object.__setattr__(frontend, "power_spectrogram", lambda waveform: frontend.melspec.spectrogram(waveform))
@@ -117,7 +114,7 @@ def compare(data: str, systems=("bestrq", "birq"), paths: Dict[str, List[str]] =
         for name, over in paths.items():
             stream_over = [f"model.enhanced_stream={'true' if system == 'birq' else 'false'}", *over]
             _, trainer, epoch_itr = build_trainer(data, stream_over)
-            if name in OLD_CODE_PATHS:
+            if name == "old":
                 use_old_code(trainer.model)
             stream = batches(trainer, epoch_itr)
             for _ in range(warmup):
