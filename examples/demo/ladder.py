@@ -76,7 +76,7 @@ BASE_PRETRAIN_LR = 0.001  # examples/pretrain/tiny_birq.yaml's peak lr
 # to 10 k, and the frozen probe then put 0.89 of its weight on the subsampling output (valid PER
 # 70.4 against its random init's 58.1). Pretraining: half the lr. Finetuning: from random init
 # the regime's FT_FAST lr (2e-3) never left the all-blank output (valid CER 100 after 2000
-# updates), 5e-4 and 2e-4 gave valid CER 50.7 and 53.0 (examples/demo/results_analysis.md); 5e-4
+# updates), 5e-4 and 2e-4 gave valid CER 50.7 and 53.0 (examples/demo/large_finetune_lr.sh); 5e-4
 # is used for the pretrained encoders too (not chosen on them).
 PRETRAIN_LR = {"large": 0.0005}
 FINETUNE_LR = {"large": 0.0005}
