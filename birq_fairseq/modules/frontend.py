@@ -116,7 +116,7 @@ class LogMelFrontend(FullPrecisionModule):
 
         The STFT is torchaudio's (its settings and window), but the power is re^2 + im^2:
         torchaudio's ``abs().pow(2)`` takes a complex abs (a hypot per bin, then a square) that
-        cost a quarter of a 64 s tiny-model update on one core (examples/benchmarks/README.md);
+        was a quarter of a 64 s tiny-model update's profile on one core (examples/benchmarks/README.md);
         the two agree to fp32 rounding (relative 2.4e-7).
         """
         if torch.onnx.is_in_onnx_export():
