@@ -491,6 +491,16 @@ def test_ladder_rungs_parse_and_reject_bad_ones():
     assert L.SIZES["medium"]["model.encoder_embed_dim"] == 192 and L.SIZES["large"]["model.encoder_layers"] == 8
 
 
+def test_ladder_list_names_every_size_and_system(capsys):
+    import ladder as L
+
+    assert L.main(["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(":")[0] for ln in lines[:len(L.SIZES) + len(L.SYSTEMS)]] == (
+        [f"size {s}" for s in L.SIZES] + [f"system {s}" for s in L.SYSTEMS])
+    assert "8 x 8 s per update, the size's lr x sqrt(8)" in next(ln for ln in lines if ln.startswith("system bestrq_b8"))
+
+
 def test_ladder_system_overrides_reach_only_their_pretraining(tmp_path, monkeypatch):
     """A BEST-RQ variant's overrides (bestrq8192) reach BEST-RQ's pretraining run; BiRQ's variants
     (stopgrad) reach BiRQ's; plain BEST-RQ gets neither, so its committed rungs keep their identity."""

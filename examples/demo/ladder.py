@@ -342,8 +342,10 @@ def main(argv=None) -> int:
     if args.list:
         for name, model in SIZES.items():
             print(f"size {name}: {' '.join(f'{k}={v}' for k, v in model.items())}")
-        for name, (pipe_system, over) in SYSTEMS.items():
-            print(f"system {name}: {pipe_system} {' '.join(over)}")
+        for name, (pipe_system, over, batch) in SYSTEMS.items():
+            lr = f"the size's lr x sqrt({batch})" if batch > 1 else "the size's lr"
+            print(f"system {name}: {' '.join([pipe_system] + over)}; {batch} x 8 s per update, {lr}")
+        print(f"peak pretraining lr per size: {BASE_PRETRAIN_LR} unless {PRETRAIN_LR}")
         return 0
     try:
         rungs = [parse_rung(r) for r in args.runs]
