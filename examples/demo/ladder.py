@@ -344,7 +344,7 @@ def main(argv=None) -> int:
             print(f"size {name}: {' '.join(f'{k}={v}' for k, v in model.items())}")
         for name, (pipe_system, over, batch) in SYSTEMS.items():
             lr = f"the size's lr x sqrt({batch})" if batch > 1 else "the size's lr"
-            print(f"system {name}: {' '.join([pipe_system] + over)}; {batch} x 8 s per update, {lr}")
+            print(f"system {name}: {' '.join([pipe_system] + over)}; {batch} x {BATCH_TOKENS / 16000:g} s per update, {lr}")
         print(f"peak pretraining lr per size: {BASE_PRETRAIN_LR} unless {PRETRAIN_LR}")
         return 0
     try:
