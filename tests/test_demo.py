@@ -369,6 +369,28 @@ def test_demo_says_how_it_relates_to_results_md(tmp_path, monkeypatch):
     assert "ratio is 0.80 over 1 committed seed(s)" in run_demo.relation_to_results_md(results)
 
 
+def test_demo_results_json_keeps_the_frozen_table(tmp_path, monkeypatch):
+    """The frozen evaluation the demo prints is also in OUT/results.json (it was added after the write)."""
+    import run_demo
+
+    monkeypatch.setattr(R, "summary_dir", lambda preset: tmp_path / preset)
+
+    class FakePipe:
+        seed, corpus_dir = 1, tmp_path
+
+        def pretrain_logs(self):
+            return {}
+
+    results = {s: {t: {"wer": 90.0, "cer": 60.0} for t in P.TEST_SETS} for s in ("none", "bestrq")}
+    frozen = {"bestrq": {"pr_linear": {"valid": 55.0, "test_seen": 56.0, "test_unseen": 57.0}}}
+    summary = {"results": results, "frozen": frozen, "corpus": {"size": "tiny"},
+               "timings": {"pretrain:bestrq": {"wall_seconds": 1.0, "cpu_seconds": 1.0}}}
+    run_demo.report(tmp_path, FakePipe(), summary, "quick", {}, S.Clock())
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["frozen"] == frozen
+    assert written["results"]["bestrq"]["test_seen"]["cer"] == 60.0
+
+
 def test_committed_results_md_is_what_the_report_makes_from_the_committed_summaries():
     """RESULTS.md must be regenerable: `make results-report` from the committed JSON only."""
     import run_results

@@ -110,14 +110,15 @@ def report(out: Path, pipe: P.Pipeline, summary: dict, preset_name: str, preset:
         "total_wall_seconds_this_invocation": round(clock.elapsed(), 1),
         "plots": [str(curves_png) if logs else None, str(wer_png)],
     }
+    if summary.get("frozen"):
+        doc["frozen"] = summary["frozen"]
     doc["relation_to_results_md"] = relation_to_results_md(results)
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     print("\nWER (%) after CTC finetuning, greedy decoding, checkpoint_last:")
     print(R.wer_table(results, "wer"))
     print("\nCER (%) (same decodes):")
     print(R.wer_table(results, "cer"))
-    if summary.get("frozen"):
-        doc["frozen"] = summary["frozen"]
+    if doc.get("frozen"):
         print("\nFrozen evaluation (birq-fairseq superb: linear CTC heads over a learned weighted sum of all "
               "layers of the frozen encoder, trained on the labelled split; PER of phonemes, CER of characters, %):")
         print(R.frozen_table(summary["frozen"]))
