@@ -655,3 +655,31 @@ def test_ladder_report_averages_seeds_and_draws_the_curves(tmp_path):
     assert [ln.split("|")[2].strip() for ln in lines[2:]] == ["none", "bestrq", "birq", "fbank"]  # sizes, then systems
     assert "| – | fbank | 0 | 0.0 | – | 75.0 | 76.0 | 80.0 | – |" in table
     assert (tmp_path / "ladder.md").read_text() == table and (tmp_path / "ladder.png").stat().st_size > 0
+
+
+def test_ladder_targets_pair_seeds_and_give_a_verdict_only_at_three(tmp_path):
+    import ladder as L
+
+    def rung(system, seed, per, updates):
+        res = {"pr_linear": {"valid": per, "test_seen": per, "test_unseen": per}}
+        ft = {n: {t: {"cer": per, "wer": 90.0} for t in ("valid", "test_seen", "test_unseen")} for n in ("100", "300")}
+        return {"size": "medium", "system": system, "updates": 0 if system == "none" else updates, "seed": seed,
+                "frozen": res, "finetune": ft}
+
+    rows = [rung("none", s, 60.0 + s, 0) for s in (1, 2, 3)]
+    rows += [rung("bestrq", s, 0.75 * (60.0 + s), 30000) for s in (1, 2, 3)]   # 0.75 x its own seed's init
+    rows += [rung("birq", s, 0.96 * 0.75 * (60.0 + s), 30000) for s in (1, 2)]  # two seeds only
+    rows += [rung("bestrq", 4, 10.0, 30000)]                                   # no init of seed 4: not paired
+    for i, r in enumerate(rows):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(r))
+    table = L.targets_report(tmp_path, rungs=(("medium", 30000),))
+    assert ("| medium 30 k | BEST-RQ / random init | PER | 1, 2, 3 | 0.750 ± 0.000 | 0.750 ± 0.000 | 0.750 ± 0.000 "
+            "| ≤ 0.8 | met |") in table
+    assert "| BiRQ / BEST-RQ | PER | 1, 2 | 0.960 ± 0.000 | 0.960 ± 0.000 | 0.960 ± 0.000 | ≤ 0.95 | no verdict (2 seeds) |" \
+        in table
+    assert "| BEST-RQ / no pretraining | CER ft300 | 1, 2, 3 |" in table and "stop-gradient" not in table
+    # a ratio over the target is missed
+    (tmp_path / "r3.json").write_text(json.dumps(rung("bestrq", 1, 0.95 * 61.0, 30000)))
+    assert "| BEST-RQ / random init | PER | 1, 2, 3 | 0.817 ± 0.115 |" in L.targets_report(tmp_path, rungs=(("medium", 30000),))
+    assert "missed" in L.targets_report(tmp_path, rungs=(("medium", 30000),))
+    assert L.targets_report(tmp_path, rungs=(("large", 5),)).startswith("_No rung")

@@ -21,7 +21,8 @@ corpus, and is scored by
 
 A finished rung writes examples/demo/ladder/<rung>.json (committed); ``--report`` draws the table
 (mean +- std over seeds) and PER / CER against the audio hours seen in pretraining, one curve per
-system and size, random init and fbank as flat lines. Choices are made on valid only.
+system and size, random init and fbank as flat lines, and (``targets_report``, in RESULTS.md) the
+issue's targets at the 3-seed rungs as per-seed ratios. Choices are made on valid only.
 """
 
 from __future__ import annotations
@@ -255,6 +256,68 @@ def report(directory: Path = SUMMARY_DIR, write: bool = True) -> str:
     return text
 
 
+# The issue's targets (3 seeds; test sets for the table, valid for choices), as per-seed ratios:
+# (ratio's name, numerator system, denominator system, metric of METRICS, target or None). "none"
+# as the denominator is the same seed's random initialisation (no pretraining, for finetuning).
+TARGETS = [
+    ("BEST-RQ / random init", "bestrq", "none", "PER", 0.8),
+    ("BiRQ / random init", "birq", "none", "PER", None),
+    ("stop-gradient BiRQ / random init", "stopgrad", "none", "PER", None),
+    ("BiRQ / BEST-RQ", "birq", "bestrq", "PER", 0.95),
+    ("stop-gradient BiRQ / BEST-RQ", "stopgrad", "bestrq", "PER", None),
+    ("stop-gradient BiRQ / BiRQ", "stopgrad", "birq", "PER", None),
+    ("BEST-RQ / no pretraining", "bestrq", "none", "CER ft100", 0.9),
+    ("BEST-RQ / no pretraining", "bestrq", "none", "CER ft300", 0.9),
+    ("BiRQ / BEST-RQ", "birq", "bestrq", "CER ft300", None),
+    ("stop-gradient BiRQ / BEST-RQ", "stopgrad", "bestrq", "CER ft300", None),
+]
+# The rungs the 3-seed comparison is read at: 10 k, and 30 k, where the systems separate most on
+# valid (BiRQ / BEST-RQ frozen PER 0.975 against 1.009 at 10 k); 30 k is the chosen rung.
+TARGET_RUNGS = (("medium", 10000), ("medium", 30000))
+MIN_SEEDS = 3
+
+
+def targets_report(directory: Path = SUMMARY_DIR, rungs=TARGET_RUNGS) -> str:
+    """The issue's targets at the given (size, updates) rungs: each ratio per seed (the numerator
+    over the same seed's denominator; ``none`` is the seed's random init), then mean ± std over the
+    seeds that have both, on valid and both test sets. A target is met when the mean on both test
+    sets is at or under it; with fewer than ``MIN_SEEDS`` paired seeds there is no verdict."""
+    rows = load_summaries(directory)
+    kinds = {name: (kind, key) for name, kind, key in METRICS}
+    lines = ["| rung | ratio | metric | seeds | valid | test seen | test unseen | target | on the test sets |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | --- | --- |"]
+    for size, updates in rungs:
+        def by_seed(system):
+            steps = 0 if system == "none" else updates
+            return {r["seed"]: r for r in rows
+                    if r.get("size") == size and r["system"] == system and r.get("updates", 0) == steps}
+
+        for label, num, den, name, target in TARGETS:
+            kind, key = kinds[name]
+            nums, dens = by_seed(num), by_seed(den)
+            seeds = sorted(set(nums) & set(dens))
+            if not seeds:
+                continue
+            cells, means = [], {}
+            for split in ("valid",) + SPLITS:
+                ratios = [a / b for sd in seeds if (a := metric(nums[sd], kind, key, split)) is not None
+                          and (b := metric(dens[sd], kind, key, split))]
+                cells.append(mean_std(ratios, digits=3))
+                if ratios:
+                    means[split] = sum(ratios) / len(ratios)
+            if target is None:
+                verdict = "–"
+            elif len(seeds) < MIN_SEEDS:
+                verdict = f"no verdict ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+            else:
+                verdict = "met" if all(means.get(sp, math.inf) <= target for sp in SPLITS) else "missed"
+            lines.append(f"| {size} {updates // 1000} k | {label} | {name} | {', '.join(map(str, seeds))} | "
+                         + " | ".join(cells) + f" | {'≤ ' + format(target, 'g') if target else '–'} | {verdict} |")
+    if len(lines) == 2:
+        return "_No rung has both sides of a ratio committed._\n"
+    return "\n".join(lines) + "\n"
+
+
 def reference_report(reference_dir: Path = REFERENCE_DIR, directory: Path = SUMMARY_DIR, size: str = "medium",
                      systems=("none", "bestrq", "bestrq8192")) -> str:
     """SpeechBrain's BEST-RQ (examples/reference) beside our BEST-RQ rungs of the same size: frozen
@@ -356,6 +419,7 @@ def main(argv=None) -> int:
         run(out, rung, args.threads, args.finetune_updates, Path(args.summaries))
     if args.report or rungs:
         print(report(Path(args.summaries)))
+        print(targets_report(Path(args.summaries)))
     return 0
 
 

@@ -395,7 +395,8 @@ def render_results_md(preset_name: str, preset: dict, seed_runs, ablation_runs, 
                       ablation_descriptions: Dict[str, str], plots_rel: str,
                       label_health_table: str = "_No label-health summaries committed._",
                       ladder_table: str = "_No ladder rungs committed._",
-                      reference_table: str = "_No reference runs committed._") -> str:
+                      reference_table: str = "_No reference runs committed._",
+                      targets_table: str = "_No ladder rungs committed._") -> str:
     """RESULTS.md: templates/RESULTS.md filled with tables made from the committed summaries only
     (nothing here depends on the time or the machine it runs on, so the committed file can be
     checked against a fresh rendering)."""
@@ -417,7 +418,7 @@ def render_results_md(preset_name: str, preset: dict, seed_runs, ablation_runs, 
                            ratio_rows(merged)),
         per_seed_table=per_seed_table(seed_runs), plots=plots_rel,
         label_health_table=label_health_table.rstrip(), ladder_table=ladder_table.rstrip(),
-        reference_table=reference_table.rstrip(),
+        reference_table=reference_table.rstrip(), targets_table=targets_table.rstrip(),
         probe_table=probe_table(seed_runs), diagnostics_table=diagnostics_table(seed_runs),
         first_seed=first_seed, ablation_table=ablation_table(seed_runs, ablation_runs, ablation_descriptions),
         grid=grid.read_text().rstrip() if grid.exists() else "_No grid summaries committed._",

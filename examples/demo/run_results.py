@@ -108,7 +108,8 @@ def results_md(preset_name: str, preset: dict, corpus_dir: Path, plots_rel: str)
                                {name: d for name, (d, _) in ABLATIONS.items()}, plots_rel,
                                label_health_table=label_health.report(write=False),
                                ladder_table=ladder.report(write=False),
-                               reference_table=ladder.reference_report())
+                               reference_table=ladder.reference_report(),
+                               targets_table=ladder.targets_report())
 
 
 def main(argv=None) -> int:
