@@ -389,3 +389,30 @@ def test_memory_worker_measures_named_configs():
     configs = {"a:bestrq": dict(overrides=B.model_overrides(TINY, "bestrq"), batch=1, seconds=0.5)}
     out = R.run_memory_worker({"configs": configs, "steps": [1, 1]})
     assert set(out) == {"a:bestrq"} and out["a:bestrq"]["peak_rss_bytes"] >= out["a:bestrq"]["baseline_rss_bytes"]
+
+
+def test_compare_demo_runs_reads_finished_runs_and_sets_the_change_beside_seed_noise(tmp_path, capsys):
+    import compare_demo_runs as C
+
+    def run(name, cer, per):
+        d = tmp_path / name
+        (d / "frozen").mkdir(parents=True)
+        results = {s: {t: {"cer": cer + i, "wer": 100.0} for t in ("valid", "test_seen", "test_unseen")}
+                   for i, s in enumerate(("none", "bestrq", "birq"))}
+        (d / "results.json").write_text(json.dumps({"results": results, "pretraining_final": {
+            "birq": {"num_updates": 800, "enhanced_code_ppl": 45.0, "anchor_acc": 0.2}}}))
+        for system in ("none", "bestrq", "birq"):  # the superb output, read even when results.json lacks it
+            (d / "frozen" / f"{system}.json").write_text(json.dumps({"runs": [
+                {"task": t, "downstream": "linear", "valid": {m: per}, "layer_weights": [1.0],
+                 "test": {"test_seen": {m: per}, "test_unseen": {m: per + 1}}} for t, m in (("pr", "per"), ("asr", "cer"))]}))
+        return f"{name}={d}"
+
+    out = tmp_path / "summary.json"
+    assert C.main(["--runs", run("before", 60.0, 55.0), run("after", 60.5, 55.0), run("after2", 62.0, 57.5),
+                   "--reference", "after:after2", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| finetuned CER birq test_seen | 62.00 | 62.50 | 64.00 |" in text
+    assert "| finetuned CER | 0.50 | 1.50 |" in text and "| PER | 0.00 | 2.50 |" in text
+    assert json.loads(out.read_text())["runs"]["after2"]["PER birq test_unseen"] == 58.5
+    with pytest.raises(SystemExit, match="results.json is missing"):
+        C.read_run(tmp_path / "nowhere")
