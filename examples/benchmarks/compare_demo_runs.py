@@ -63,7 +63,8 @@ def table(runs: Dict[str, Dict[str, float]], reference: List[str]) -> str:
     names = list(runs)
     keys = [k for k in runs[names[0]] if all(k in r for r in runs.values())]
     lines = ["| metric | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
-    lines += [f"| {k} | " + " | ".join(f"{runs[n][k]:.2f}" for n in names) + " |" for k in keys]
+    fmt = lambda v: f"{v:.2f}" if abs(v) >= 1 else f"{v:.4f}"  # accuracies keep their logged digits
+    lines += [f"| {k} | " + " | ".join(fmt(runs[n][k]) for n in names) + " |" for k in keys]
     first, second = names[:2]
     lines += ["", f"| largest difference | {first} vs {second} | {reference[0]} vs {reference[1]} (seed noise) |",
               "| --- | ---: | ---: |"]
